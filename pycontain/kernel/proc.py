@@ -1,0 +1,227 @@
+"""Readers for /proc: mountinfo, namespaces, cgroup membership, status.
+
+Parsers are split from file access (``parse_*`` take text) so they can be
+tested on fixed samples without root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from pycontain.errors import NotFound, kernel_error
+from pycontain.kernel.constants import NAMESPACE_KINDS
+
+PROC = "/proc"
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (proc(5)).
+    if "\\" not in field:
+        return field
+    out = []
+    i = 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """One line of /proc/PID/mountinfo (see proc(5))."""
+
+    mount_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mount_point: str
+    options: tuple[str, ...]
+    optional: tuple[str, ...]
+    fstype: str
+    source: str
+    super_options: tuple[str, ...]
+
+    @property
+    def propagation(self) -> str:
+        """"shared", "slave" or "private", from the optional fields."""
+        tags = [t.split(":")[0] for t in self.optional]
+        if "shared" in tags:
+            return "shared"
+        if "master" in tags:
+            return "slave"
+        if "unbindable" in tags:
+            return "unbindable"
+        return "private"
+
+
+def parse_mountinfo(text: str) -> list[MountInfo]:
+    """Parse the text of a mountinfo file."""
+    mounts = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        left, _, right = line.partition(" - ")
+        f = left.split(" ")
+        r = right.split(" ")
+        major, minor = f[2].split(":")
+        mounts.append(
+            MountInfo(
+                mount_id=int(f[0]),
+                parent_id=int(f[1]),
+                major=int(major),
+                minor=int(minor),
+                root=_unescape(f[3]),
+                mount_point=_unescape(f[4]),
+                options=tuple(f[5].split(",")),
+                optional=tuple(x for x in f[6:] if x),
+                fstype=r[0],
+                source=_unescape(r[1]) if len(r) > 1 else "",
+                super_options=tuple(r[2].split(",")) if len(r) > 2 else (),
+            )
+        )
+    return mounts
+
+
+def _read(path: str, op: str = "read") -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as e:
+        raise kernel_error(op, e.errno or errno.EIO, path=path) from None
+
+
+def mountinfo(pid: int | str = "self") -> list[MountInfo]:
+    """The mounts seen by process ``pid`` (default: the caller)."""
+    return parse_mountinfo(_read(f"{PROC}/{pid}/mountinfo"))
+
+
+# -- namespaces ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamespaceId:
+    """What identifies a namespace: the nsfs device and inode (ioctl_ns(2))."""
+
+    kind: str
+    dev: int
+    inode: int
+
+
+def namespace_path(pid: int | str, kind: str) -> str:
+    return f"{PROC}/{pid}/ns/{kind}"
+
+
+def namespace_id(pid: int | str, kind: str) -> NamespaceId:
+    """The (device, inode) of process ``pid``'s namespace of ``kind``.
+
+    Raises :class:`NotFound` when the process is gone.
+    """
+    path = namespace_path(pid, kind)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not os.path.exists(f"{PROC}/{pid}"):
+            raise NotFound("no such process", field="pid", value=pid) from None
+        raise kernel_error("stat", errno.ENOENT, path=path,
+                           hint=f"this kernel has no {kind} namespace") from None
+    except OSError as e:
+        raise kernel_error("stat", e.errno or errno.EIO, path=path) from None
+    return NamespaceId(kind, st.st_dev, st.st_ino)
+
+
+def namespace_ids(pid: int | str) -> dict[str, NamespaceId]:
+    """Every namespace of ``pid`` this kernel has, by kind. Missing kinds are left out."""
+    out = {}
+    for kind in NAMESPACE_KINDS:
+        try:
+            st = os.stat(namespace_path(pid, kind))
+        except OSError:
+            continue
+        out[kind] = NamespaceId(kind, st.st_dev, st.st_ino)
+    return out
+
+
+def pids() -> list[int]:
+    """Every process id visible in /proc, ascending."""
+    return sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
+
+
+# -- cgroup membership ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CgroupMembership:
+    """One line of /proc/PID/cgroup: hierarchy id, controllers, path."""
+
+    hierarchy_id: int
+    controllers: tuple[str, ...]
+    path: str
+
+
+def parse_proc_cgroup(text: str) -> list[CgroupMembership]:
+    out = []
+    for line in text.splitlines():
+        if not line:
+            continue
+        hid, ctrls, path = line.split(":", 2)
+        out.append(CgroupMembership(int(hid), tuple(c for c in ctrls.split(",") if c), path))
+    return out
+
+
+def proc_cgroup(pid: int | str = "self") -> list[CgroupMembership]:
+    """The cgroups process ``pid`` is in (v1 hierarchies and the v2 ``0::`` line)."""
+    return parse_proc_cgroup(_read(f"{PROC}/{pid}/cgroup"))
+
+
+# -- status -------------------------------------------------------------------------
+
+
+def parse_status(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+def status(pid: int | str = "self") -> dict[str, str]:
+    """/proc/PID/status as a dict of raw strings (``"CapEff"``, ``"Seccomp"``, ...)."""
+    return parse_status(_read(f"{PROC}/{pid}/status"))
+
+
+def threads(pid: int | str = "self") -> int:
+    """How many threads process ``pid`` has."""
+    return len(os.listdir(f"{PROC}/{pid}/task"))
+
+
+def command(pid: int | str) -> str:
+    """The command line of ``pid`` as lsns shows it (comm for kernel threads)."""
+    try:
+        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    if raw:
+        return " ".join(os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0"))
+    try:
+        with open(f"{PROC}/{pid}/comm", "rb") as f:
+            return os.fsdecode(f.read().strip())
+    except OSError:
+        return ""
+
+
+def iter_namespace_owners() -> Iterator[tuple[int, dict[str, NamespaceId]]]:
+    """(pid, {kind: id}) for every process we can inspect; races with exit are skipped."""
+    for pid in pids():
+        ids = namespace_ids(pid)
+        if ids:
+            yield pid, ids

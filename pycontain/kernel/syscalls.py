@@ -1,0 +1,270 @@
+"""ctypes wrappers for the system calls containers are made of.
+
+Each wrapper checks the result and turns errno into a typed error
+(:func:`pycontain.errors.kernel_error`) naming the operation and path. The
+wrappers do no policy: callers decide flags and order.
+
+Several of these calls (``unshare(CLONE_NEWUSER)``, ``setns`` into a mount
+namespace) fail with EINVAL in a multi-threaded process (unshare(2), setns(2)),
+so pycontain calls them only in single-threaded children (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Iterable
+
+from pycontain.errors import InvalidArgument, Unsupported, kernel_error
+from pycontain.kernel import constants as C
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_c_unshare = _libc.unshare
+_c_unshare.argtypes = [ctypes.c_int]
+_c_setns = _libc.setns
+_c_setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_c_mount = _libc.mount
+_c_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_c_umount2 = _libc.umount2
+_c_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_c_sethostname = _libc.sethostname
+_c_sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_c_setdomainname = _libc.setdomainname
+_c_setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_c_prctl = _libc.prctl
+_c_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_c_syscall = _libc.syscall
+_c_syscall.restype = ctypes.c_long
+
+
+def _fs(path: str | os.PathLike[str] | None) -> bytes | None:
+    if path is None:
+        return None
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise InvalidArgument("path contains a NUL byte", field="path", value=path)
+    return raw
+
+
+def _check(ret: int, op: str, path: str | os.PathLike[str] | None = None, detail: str | None = None) -> int:
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise kernel_error(op, err, path=path, detail=detail)
+    return ret
+
+
+def _syscall_number(name: str) -> int:
+    try:
+        return C.SYSCALL_NUMBERS[name]
+    except KeyError:
+        raise Unsupported(
+            f"no system call number for {name} on this architecture",
+            op=name,
+            hint="pycontain knows x86_64 and aarch64",
+        ) from None
+
+
+# -- namespaces -------------------------------------------------------------
+
+
+def namespace_flags(kinds: Iterable[str]) -> int:
+    """OR of the CLONE_NEW* flags for namespace kinds like ``("net", "uts")``."""
+    flags = 0
+    for kind in kinds:
+        try:
+            flags |= C.NAMESPACE_FLAGS[kind]
+        except KeyError:
+            raise InvalidArgument(
+                "unknown namespace kind",
+                field="kind",
+                value=kind,
+                hint=f"one of {', '.join(C.NAMESPACE_KINDS)}",
+            ) from None
+    return flags
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): move the calling process into new namespaces (CLONE_* flags)."""
+    _check(_c_unshare(flags), "unshare", detail=f"flags={flags:#x}")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace (or, with a pidfd, namespaces) behind ``fd``."""
+    _check(_c_setns(fd, nstype), "setns", detail=f"fd={fd} nstype={nstype:#x}")
+
+
+# -- mounts -----------------------------------------------------------------
+
+
+def mount(
+    source: str | os.PathLike[str] | None,
+    target: str | os.PathLike[str],
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """mount(2). ``data`` is the filesystem's option string (e.g. overlay's lowerdir=...)."""
+    ret = _c_mount(
+        _fs(source),
+        _fs(target),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data is not None else None,
+    )
+    _check(ret, "mount", target, detail=f"source={source!s} type={fstype} flags={flags:#x}")
+
+
+def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:
+    """umount2(2); ``flags`` such as MNT_DETACH."""
+    _check(_c_umount2(_fs(target), flags), "umount2", target)
+
+
+def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
+    """pivot_root(2); glibc has no wrapper, so this uses syscall(2).
+
+    ``pivot_root(".", ".")`` stacks the old root on the new one so it can be
+    unmounted with MNT_DETACH without a put_old directory (pivot_root(2), NOTES).
+    """
+    nr = _syscall_number("pivot_root")
+    ret = _c_syscall(ctypes.c_long(nr), ctypes.c_char_p(_fs(new_root)), ctypes.c_char_p(_fs(put_old)))
+    _check(ret, "pivot_root", new_root)
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2) in the caller's UTS namespace."""
+    raw = name.encode()
+    _check(_c_sethostname(raw, len(raw)), "sethostname", detail=f"name={name!r}")
+
+
+def setdomainname(name: str) -> None:
+    """setdomainname(2) in the caller's UTS namespace."""
+    raw = name.encode()
+    _check(_c_setdomainname(raw, len(raw)), "setdomainname", detail=f"name={name!r}")
+
+
+# -- prctl ------------------------------------------------------------------
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2), returning its (non-negative) result."""
+    return _check(_c_prctl(option, arg2, arg3, arg4, arg5), "prctl", detail=f"option={option}")
+
+
+def set_no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS: execve can no longer grant privileges (setuid, file caps)."""
+    prctl(C.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def get_no_new_privs() -> bool:
+    return bool(prctl(C.PR_GET_NO_NEW_PRIVS))
+
+
+def set_pdeathsig(sig: int) -> None:
+    """PR_SET_PDEATHSIG: get ``sig`` when the parent thread dies."""
+    prctl(C.PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants reparent to us, not init."""
+    prctl(C.PR_SET_CHILD_SUBREAPER, int(on))
+
+
+def capbset_drop(cap: int) -> None:
+    """PR_CAPBSET_DROP: remove ``cap`` from the bounding set (needs CAP_SETPCAP)."""
+    prctl(C.PR_CAPBSET_DROP, cap)
+
+
+def capbset_read(cap: int) -> bool:
+    return bool(prctl(C.PR_CAPBSET_READ, cap))
+
+
+def ambient_clear_all() -> None:
+    prctl(C.PR_CAP_AMBIENT, C.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def set_name(name: str) -> None:
+    """PR_SET_NAME: the thread name ps shows (at most 15 bytes)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_c_prctl(C.PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+# -- capabilities -------------------------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """capget(2): (effective, permitted, inheritable) as 64-bit masks."""
+    header = _CapHeader(C.LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_CapData * 2)()
+    nr = _syscall_number("capget")
+    _check(_c_syscall(ctypes.c_long(nr), ctypes.byref(header), ctypes.byref(data)), "capget")
+    return (
+        data[0].effective | (data[1].effective << 32),
+        data[0].permitted | (data[1].permitted << 32),
+        data[0].inheritable | (data[1].inheritable << 32),
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) on the calling thread, with 64-bit masks."""
+    header = _CapHeader(C.LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    mask = 0xFFFFFFFF
+    data[0].effective, data[1].effective = effective & mask, effective >> 32
+    data[0].permitted, data[1].permitted = permitted & mask, permitted >> 32
+    data[0].inheritable, data[1].inheritable = inheritable & mask, inheritable >> 32
+    nr = _syscall_number("capset")
+    _check(_c_syscall(ctypes.c_long(nr), ctypes.byref(header), ctypes.byref(data)), "capset")
+
+
+def cap_mask(names: Iterable[str]) -> int:
+    """Bit mask for capability names (``"CAP_NET_RAW"`` or ``"NET_RAW"``)."""
+    mask = 0
+    for name in names:
+        key = name.upper()
+        if not key.startswith("CAP_"):
+            key = "CAP_" + key
+        if key not in C.CAP_NUMBERS:
+            raise InvalidArgument("unknown capability", field="capability", value=name,
+                                  hint="names as in capabilities(7), e.g. CAP_NET_ADMIN")
+        mask |= 1 << C.CAP_NUMBERS[key]
+    return mask
+
+
+def cap_names(mask: int) -> list[str]:
+    """Capability names set in ``mask``, in kernel order."""
+    return [name for i, name in enumerate(C.CAPABILITIES) if mask >> i & 1]
+
+
+# -- pidfd ------------------------------------------------------------------
+
+
+def pidfd_open(pid: int) -> int:
+    """pidfd_open(2): a file descriptor that refers to process ``pid``."""
+    return _check(int(_c_syscall(ctypes.c_long(_syscall_number("pidfd_open")), ctypes.c_int(pid), ctypes.c_uint(0))),
+                  "pidfd_open", detail=f"pid={pid}")
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    nr = _syscall_number("pidfd_send_signal")
+    _check(int(_c_syscall(ctypes.c_long(nr), ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0))),
+           "pidfd_send_signal", detail=f"sig={sig}")
