@@ -1,0 +1,114 @@
+"""Where pycontain keeps state and images, and how it writes them safely.
+
+The state directory (like runc's ``/run/runc``) lets any process list,
+inspect, stop and clean up containers, including orphans of a crashed
+kernel. It defaults to ``/run/pycontain`` for root: /run is a tmpfs, so state
+does not outlive a reboot, and neither do the containers it describes. The
+image store defaults to ``/var/lib/pycontain``, which must survive reboots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pycontain.errors import InvalidArgument
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_MAX = 128
+
+
+def state_dir() -> Path:
+    """The state directory: ``$PYCONTAIN_STATE_DIR``, else /run/pycontain
+    (root) or ``$XDG_RUNTIME_DIR/pycontain``."""
+    env = os.environ.get("PYCONTAIN_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() != 0 and os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "pycontain"
+    return Path("/run/pycontain")
+
+
+def store_dir() -> Path:
+    """The image store: ``$PYCONTAIN_STORE``, else /var/lib/pycontain (root)
+    or ``~/.local/share/pycontain``."""
+    env = os.environ.get("PYCONTAIN_STORE")
+    if env:
+        return Path(env)
+    if os.geteuid() != 0:
+        return Path.home() / ".local" / "share" / "pycontain"
+    return Path("/var/lib/pycontain")
+
+
+def validate_name(name: object, field: str = "name") -> str:
+    """Check a user-given name (container, network, cgroup, tag component).
+
+    Names become directory and interface-derived names, so they are held to
+    Docker's rule: ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters.
+    That rejects "", "..", "a/b", "-rf", NUL bytes and path tricks.
+
+    Raises:
+        InvalidArgument: naming ``field`` and the value.
+    """
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{field} must be a string", field=field, value=name)
+    if len(name) > NAME_MAX:
+        raise InvalidArgument(
+            f"{field} is too long ({len(name)} characters)",
+            field=field,
+            value=name[:40] + "...",
+            hint=f"at most {NAME_MAX} characters",
+        )
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"invalid {field}",
+            field=field,
+            value=name,
+            hint="use letters, digits, '_', '.' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+def ensure_dir(path: Path, mode: int = 0o700) -> Path:
+    """Create ``path`` (and parents) if missing; state is private to root."""
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename) so readers never see half a file."""
+    ensure_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive flock(2) on ``path`` (created if missing), across processes."""
+    ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
