@@ -1,0 +1,353 @@
+"""The code that runs in the single-threaded child, between fork and exec.
+
+This module is the one place where "a fresh single-threaded process becomes
+what a :class:`~pycontain.engine.spec.ChildSpec` says" (DESIGN.md §3). Its
+fork source may be the caller (direct fork) or a zygote; the code is the same.
+
+Rules for everything here, because the child is a fork of a possibly
+multi-threaded process whose other threads may hold locks (stdio buffers,
+logging, the import machinery) at the instant of the fork:
+
+* no logging, no print, no ``sys.stdout``/``sys.stderr``;
+* no imports: every module used is imported at module load, in the parent;
+* the garbage collector is off, so no foreign ``__del__`` runs here;
+* errors travel to the parent through a CLOEXEC pipe with ``os.write``;
+* the process never returns into the caller's code: it leaves with
+  ``os._exit`` (or ``exec``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import os
+import pickle
+import signal
+import traceback
+from typing import Any, NoReturn
+
+from pycontain.engine.spec import ChildSpec
+from pycontain.errors import PycontainError, kernel_error
+from pycontain.kernel import constants as C
+from pycontain.kernel import nsfs, syscalls
+
+# Message kinds on the status pipe (child -> parent). Each message is one
+# kind byte, a 4-byte big-endian length and a payload.
+MSG_UNSHARED = b"U"  # namespaces created; payload: pid (ascii). Parent answers on the sync pipe.
+MSG_WORKLOAD = b"P"  # pid of the workload when an intermediate forked it (pid/time namespaces)
+MSG_ERROR = b"E"  # payload: a pickled PycontainError
+
+#: Exit code of a child whose setup failed (like a shell's "cannot execute").
+SETUP_FAILED = 127
+
+# User-namespace setup order matters: join the user namespace first, so the
+# other joins happen with the capabilities it grants (setns(2), NOTES); mnt
+# last, since it changes root and cwd.
+_JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
+
+
+# Signals the pid-namespace relay passes on to the workload instead of dying.
+_FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+              signal.SIGCONT, signal.SIGWINCH)
+
+
+class Channels:
+    """The parent's pipes, as fd numbers in the child."""
+
+    __slots__ = ("status", "sync", "result")
+
+    def __init__(self, status: int, sync: int | None, result: int | None) -> None:
+        self.status = status  # write end, CLOEXEC: exec closes it, telling the parent "running"
+        self.sync = sync  # read end: the parent's "go on" after it wrote maps / persisted
+        self.result = result  # write end for target's pickled outcome
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+        view = view[n:]
+
+
+def send(fd: int, kind: bytes, payload: bytes) -> None:
+    write_all(fd, kind + len(payload).to_bytes(4, "big") + payload)
+
+
+def _os_error(op: str, e: OSError, path: str | None = None) -> PycontainError:
+    return kernel_error(op, e.errno or errno.EIO, path=path if path is not None else e.filename)
+
+
+def _report(fd: int, exc: BaseException) -> None:
+    if not isinstance(exc, PycontainError):
+        if isinstance(exc, OSError):
+            exc = _os_error("setup", exc)
+        else:
+            text = "".join(traceback.format_exception(exc))
+            exc = PycontainError(f"child setup failed: {type(exc).__name__}: {exc}", op="setup",
+                                 hint="remote traceback:\n" + text)
+    try:
+        payload = pickle.dumps(exc)
+    except Exception:
+        payload = pickle.dumps(PycontainError(str(exc), op="setup"))
+    try:
+        send(fd, MSG_ERROR, payload)
+    except OSError:
+        pass
+
+
+def reset_signals() -> None:
+    """Default dispositions and an empty mask, as a fresh exec'd program expects.
+
+    Python ignores SIGPIPE and SIGXFSZ and installs its own handlers; a
+    workload must not inherit that (subprocess's restore_signals, runc).
+    """
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(sig) is not signal.SIG_DFL:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            continue  # reserved real-time signals of the C library
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _set_pdeathsig(spec: ChildSpec, parent: int) -> None:
+    if spec.pdeathsig:
+        syscalls.set_pdeathsig(int(spec.pdeathsig))
+        # The parent may have died before prctl: then no signal comes.
+        if os.getppid() != parent:
+            os._exit(SETUP_FAILED)
+
+
+def _join(spec: ChildSpec) -> None:
+    fds = []
+    try:
+        # Open every file first: joining mnt changes what paths mean.
+        order = sorted(spec.join, key=lambda kp: _JOIN_ORDER.index(kp[0]))
+        for kind, path in order:
+            fds.append((kind, path, nsfs.open_namespace(path)))
+        for kind, path, fd in fds:
+            try:
+                syscalls.setns(fd, C.NAMESPACE_FLAGS[kind])
+            except PycontainError as e:
+                e.path = path
+                raise kernel_error(f"setns {kind}", e.errno or errno.EINVAL, path=path,
+                                   hint=None if e.errno != errno.EINVAL else
+                                   f"is {path} a {kind} namespace? (setns checks the type)") from None
+    finally:
+        for _, _, fd in fds:
+            os.close(fd)
+
+
+def _inside_root_mapped(text: str | None) -> bool:
+    return bool(text) and any(ln.split()[0] == "0" for ln in (text or "").splitlines() if ln.strip())
+
+
+def _become_root_inside(spec: ChildSpec) -> None:
+    """Switch to id 0 of the new user namespace where the maps define it.
+
+    After unshare(CLONE_NEWUSER) the process keeps its old kernel ids, which
+    the new maps usually do not cover (it shows as 65534 inside); a container
+    expects to be root inside, mapped to the outside ids of the map.
+    """
+    try:
+        if _inside_root_mapped(spec.gid_map):
+            os.setresgid(0, 0, 0)
+            if os.geteuid() == 0 or _inside_root_mapped(spec.uid_map):
+                try:
+                    os.setgroups([])
+                except PermissionError:
+                    pass  # setgroups was denied (unprivileged gid_map): nothing to drop then
+        if _inside_root_mapped(spec.uid_map):
+            os.setresuid(0, 0, 0)
+    except OSError as e:
+        raise _os_error("setresuid", e) from None
+
+
+def _fix_stdio(spec: ChildSpec, keep: set[int]) -> None:
+    sources = (spec.stdin, spec.stdout, spec.stderr)
+    # Sources that sit on another stdio slot would be overwritten by an
+    # earlier dup2: move them out of the way first.
+    moved = list(sources)
+    for i, src in enumerate(sources):
+        if src is not None and src < 3 and src != i:
+            moved[i] = fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 3)
+    for i, src in enumerate(moved):
+        if src is None:
+            continue
+        if src == i:
+            os.set_inheritable(i, True)
+        else:
+            os.dup2(src, i, inheritable=True)
+    for fd in spec.pass_fds:
+        if fd not in (0, 1, 2):
+            os.set_inheritable(fd, True)
+    # Close everything else: fds leaked into containers are a classic escape
+    # (CVE-2024-21626 in runc). os.closerange uses close_range(2) when it can.
+    top = -1
+    for fd in sorted(keep | {0, 1, 2}):
+        if fd > top + 1:
+            os.closerange(top + 1, fd)
+        top = fd
+    os.closerange(top + 1, 1 << 20)
+
+
+def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
+    assert spec.argv is not None
+    program = spec.argv[0]
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(d, program) for d in os.get_exec_path(env)]
+    first_error: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, list(spec.argv), env)
+        except OSError as e:
+            # Like execvp: remember a meaningful error (EACCES) over ENOENT.
+            if first_error is None or (first_error.errno == errno.ENOENT and e.errno != errno.ENOENT):
+                first_error = e
+    assert first_error is not None
+    raise kernel_error("execve", first_error.errno or errno.ENOENT, path=program,
+                       hint="is the program installed and on PATH inside the container?"
+                       if first_error.errno == errno.ENOENT else None)
+
+
+def _forward_signals(workload: int) -> None:
+    """Signals sent to the relay go to the workload (``kill <relay>`` works as expected)."""
+
+    def forward(sig: int, _frame: Any) -> None:
+        try:
+            os.kill(workload, sig)
+        except OSError:
+            pass
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+
+
+def _relay(workload: int) -> NoReturn:
+    """Wait for the workload and leave with its status, as if we were it."""
+    while True:
+        try:
+            _, status = os.waitpid(workload, 0)
+            break
+        except ChildProcessError:
+            os._exit(SETUP_FAILED)
+        except InterruptedError:  # pragma: no cover
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        # Die of the same signal. Not dumpable: a core of this relay is of no use.
+        try:
+            syscalls.prctl(C.PR_SET_DUMPABLE, 0)
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+            os.kill(os.getpid(), sig)
+        except Exception:
+            pass
+        os._exit(128 + sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else SETUP_FAILED)
+
+
+def _run_target(spec: ChildSpec, ch: Channels, pickler: Any) -> NoReturn:
+    assert spec.target is not None
+    os.close(ch.status)  # "started": the parent's start() returns now
+    try:
+        value = spec.target(*spec.args, **spec.kwargs)
+        outcome: tuple[Any, ...] = ("ok", value)
+    except BaseException as exc:
+        outcome = ("err", exc, "".join(traceback.format_exception(exc)))
+    try:
+        data = pickler.dumps(outcome)
+    except BaseException as exc:
+        text = "".join(traceback.format_exception(exc))
+        if outcome[0] == "ok":
+            msg = f"the return value of the target cannot be pickled: {exc!r}"
+            data = pickler.dumps(("unpicklable", msg, text))
+        else:
+            msg = f"{type(outcome[1]).__name__}: {outcome[1]}"
+            data = pickler.dumps(("unpicklable", msg, outcome[2]))
+    code = 0 if outcome[0] == "ok" else 1
+    assert ch.result is not None
+    try:
+        write_all(ch.result, data)
+    except OSError:
+        code = SETUP_FAILED
+    os._exit(code)
+
+
+def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], pickler: Any) -> NoReturn:
+    """Turn this freshly forked, single-threaded process into ``spec``'s child.
+
+    Never returns: it execs, or runs the target and ``os._exit``s. A failing
+    step is reported on ``ch.status`` as a pickled typed error.
+    """
+    gc.disable()
+    try:
+        reset_signals()
+        _set_pdeathsig(spec, parent)
+        # 1. cgroups first, so everything below (and the workload) is accounted
+        # and a new cgroup namespace is rooted at the new cgroup.
+        for path in spec.cgroup_procs:
+            nsfs.write_pid(path, os.getpid())
+        # 2. join existing namespaces, user first.
+        if spec.join:
+            _join(spec)
+        # 3. new namespaces in one unshare: the kernel creates the user
+        # namespace first and makes it own the others (clone(2)).
+        if spec.new:
+            syscalls.unshare(syscalls.namespace_flags(spec.new))
+        # 4. the parent maps ids and persists namespace files.
+        if spec.needs_parent:
+            send(ch.status, MSG_UNSHARED, str(os.getpid()).encode())
+            assert ch.sync is not None
+            if os.read(ch.sync, 1) != b"G":
+                os._exit(SETUP_FAILED)  # the parent gave up; it reports why
+        if ch.sync is not None:
+            os.close(ch.sync)
+        if spec.uid_map or spec.gid_map:
+            _become_root_inside(spec)
+        # 5. pid and time namespaces apply to children: fork the workload.
+        if spec.needs_fork:
+            workload = os.fork()
+            if workload:
+                # The relay keeps nothing of the caller's: not its sockets,
+                # not the write ends of pipes someone waits on for EOF.
+                os.closerange(0, ch.status)
+                os.closerange(ch.status + 1, 1 << 20)
+                _forward_signals(workload)
+                send(ch.status, MSG_WORKLOAD, str(workload).encode())
+                os.close(ch.status)
+                _relay(workload)
+            # The workload dies with the relay (its parent) -- and thereby
+            # with the caller, since the relay dies with the caller.
+            if spec.pdeathsig:
+                syscalls.set_pdeathsig(int(spec.pdeathsig))
+        # 6. the rest of the setup, in the final process.
+        if spec.hostname is not None:
+            syscalls.sethostname(spec.hostname)
+        if spec.cwd is not None:
+            try:
+                os.chdir(spec.cwd)
+            except OSError as e:
+                raise _os_error("chdir", e, spec.cwd) from None
+        if spec.preexec is not None:
+            spec.preexec()
+        keep = set(spec.pass_fds) | {ch.status}
+        if ch.result is not None:
+            keep.add(ch.result)
+        _fix_stdio(spec, keep)
+        if spec.target is not None:
+            _run_target(spec, ch, pickler)
+        _exec(spec, env)
+    except BaseException as exc:
+        _report(ch.status, exc)
+    finally:
+        os._exit(SETUP_FAILED)

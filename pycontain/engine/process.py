@@ -1,0 +1,340 @@
+"""Start a :class:`ChildSpec` as a single-threaded child; :class:`Child` handles it.
+
+This is the direct-fork path of DESIGN.md §3: the caller forks, and the
+child (see :mod:`pycontain.engine.child`) does all namespace work. The
+caller only writes what must be written from outside: uid/gid maps and
+namespace bind mounts ("persist"), in its own mount namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pickle
+import select
+import signal
+import threading
+import time
+from typing import Any
+
+from pycontain.engine import child as _child
+from pycontain.engine.spec import ChildSpec
+from pycontain.errors import InvalidArgument, PycontainError, Timeout, kernel_error
+from pycontain.kernel import nsfs, syscalls
+
+__all__ = ["Child", "RemoteError", "start"]
+
+
+class RemoteError(PycontainError):
+    """A target's exception that could not be pickled back; carries its text."""
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        b = os.read(fd, n)
+        if not b:
+            break
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def _read_message(fd: int) -> tuple[bytes, bytes] | None:
+    head = _read_exact(fd, 5)
+    if not head:
+        return None
+    if len(head) < 5:
+        raise PycontainError("the child's status message was cut short", op="start")
+    size = int.from_bytes(head[1:], "big")
+    return head[:1], _read_exact(fd, size)
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    # Keep pipe ends off fds 0-2, where the child's stdio goes.
+    out = []
+    for fd in (r, w):
+        if fd < 3:
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = new
+        out.append(fd)
+    return out[0], out[1]
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except ChildProcessError:
+            return
+        except InterruptedError:  # pragma: no cover
+            continue
+
+
+class Child:
+    """A started child. ``pid`` is the host pid of the workload.
+
+    With a new (or joined) pid namespace, the workload is a grandchild
+    (PID 1 inside) and a small relay process in between passes its exit
+    status on; ``relay_pid`` is then that relay's pid, otherwise equal to
+    ``pid``. ``returncode`` follows subprocess: negative means killed by
+    that signal.
+    """
+
+    def __init__(self, spec: ChildSpec, pid: int, relay_pid: int, result_fd: int | None) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.relay_pid = relay_pid
+        self.returncode: int | None = None
+        self._result_fd = result_fd
+        self._result_data: bytearray | None = bytearray() if result_fd is not None else None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<Child pid={self.pid} {state}>"
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def _set_status(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+
+    def poll(self) -> int | None:
+        """The return code if the child has ended, else None (never blocks)."""
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.relay_pid, os.WNOHANG)
+                except ChildProcessError:
+                    return self.returncode
+                if pid:
+                    self._set_status(status)
+                    if self._result_fd is not None:
+                        self._drain_result(block=False)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to end and return its return code.
+
+        ``timeout`` in seconds; raises :class:`pycontain.errors.Timeout` when
+        it passes (the child keeps running).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._result_fd is not None:
+            # A target writes its outcome before it exits: read it, or a big
+            # result would block the child on a full pipe forever.
+            self._drain_result(block=True, deadline=deadline)
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            with self._lock:
+                while self.returncode is None:
+                    try:
+                        _, status = os.waitpid(self.relay_pid, 0)
+                    except ChildProcessError:
+                        break
+                    self._set_status(status)
+            assert self.returncode is not None
+            return self.returncode
+        pidfd = syscalls.pidfd_open(self.relay_pid)
+        try:
+            while self.poll() is None:
+                left = deadline - time.monotonic() if deadline is not None else None
+                if left is not None and left <= 0:
+                    raise Timeout(f"child {self.pid} still running after {timeout} s", op="wait",
+                                  value=timeout, hint="kill() it, or wait longer")
+                select.select([pidfd], [], [], left)
+        finally:
+            os.close(pidfd)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the workload (nothing if it has ended).
+
+        A PID 1 in a new pid namespace only receives signals it has a
+        handler for, except SIGKILL and SIGSTOP (pid_namespaces(7)).
+        """
+        if self.returncode is not None:
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    # -- target results ----------------------------------------------------------------
+
+    def _drain_result(self, block: bool, deadline: float | None = None) -> None:
+        fd = self._result_fd
+        if fd is None:
+            return
+        assert self._result_data is not None
+        while True:
+            if not block or deadline is not None:
+                left = 0.0 if not block else max(0.0, deadline - time.monotonic())  # type: ignore[operator]
+                ready, _, _ = select.select([fd], [], [], left)
+                if not ready:
+                    if block:
+                        raise Timeout(f"child {self.pid} still running", op="wait", hint="kill() it, or wait longer")
+                    return
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                os.close(fd)
+                self._result_fd = None
+                return
+            self._result_data += chunk
+
+    def result(self, timeout: float | None = None) -> Any:
+        """For a ``target=`` child: wait, then return its value or raise its exception.
+
+        The child's exception is re-raised with the remote traceback text as
+        a note (and its ``__cause__`` a :class:`RemoteError` holding the text).
+        """
+        if self.spec.target is None:
+            raise InvalidArgument("result() is for target= children; use wait()", field="target", value=None)
+        self.wait(timeout)
+        data = bytes(self._result_data or b"")
+        if not data:
+            raise PycontainError(f"the target ended without a result (returncode {self.returncode})",
+                                 op="result", hint="it was killed, or called os._exit")
+        import cloudpickle
+
+        outcome = cloudpickle.loads(data)
+        if outcome[0] == "ok":
+            return outcome[1]
+        if outcome[0] == "err":
+            exc = outcome[1]
+            text = outcome[2]
+            exc.add_note("remote traceback (in the child):\n" + text)
+            raise exc from RemoteError("the exception was raised in the child", op="target", hint=text)
+        raise RemoteError(outcome[1], op="target", hint="remote traceback:\n" + outcome[2])
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.returncode is None:
+            self.kill()
+            self.wait()
+
+
+def start(spec: ChildSpec) -> Child:
+    """Fork a single-threaded child that becomes ``spec``; return once it runs.
+
+    Returns after the child exec'd (or started its target). A failed setup
+    step (cgroup join, setns, unshare, maps, persist, hostname, chdir, exec)
+    raises its typed error here, and leaves no process and no persisted file.
+
+    Raises:
+        KernelError / PermissionDenied / NotFound / AlreadyExists: from the failing step.
+
+    Example::
+
+        child = start(ChildSpec(argv=["sleep", "1"], new={"net", "uts"}))
+        child.wait()
+    """
+    if not isinstance(spec, ChildSpec):
+        raise InvalidArgument("start() takes a ChildSpec", field="spec", value=spec)
+    env = dict(os.environ) if spec.env is None else dict(spec.env)
+    pickler = None
+    if spec.target is not None:
+        import cloudpickle  # imported here, in the parent: never import in the child
+
+        pickler = cloudpickle
+    status_r, status_w = _pipe()
+    sync_r = sync_w = result_r = result_w = None
+    if spec.needs_parent:
+        sync_r, sync_w = _pipe()
+    if spec.target is not None:
+        result_r, result_w = _pipe()
+    channels = _child.Channels(status_w, sync_r, result_w)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        for fd in (status_r, status_w, sync_r, sync_w, result_r, result_w):
+            if fd is not None:
+                os.close(fd)
+        raise kernel_error("fork", e.errno or errno.EAGAIN) from None
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(status_r)
+            if sync_w is not None:
+                os.close(sync_w)
+            if result_r is not None:
+                os.close(result_r)
+            _child.become(spec, channels, parent=parent, env=env, pickler=pickler)
+        finally:
+            os._exit(_child.SETUP_FAILED)
+    os.close(status_w)
+    for fd in (sync_r, result_w):
+        if fd is not None:
+            os.close(fd)
+    persisted: list[str] = []
+    workload = pid
+    reaped = False
+    try:
+        error: BaseException | None = None
+        while True:
+            msg = _read_message(status_r)
+            if msg is None:
+                break
+            kind, payload = msg
+            if kind == _child.MSG_UNSHARED:
+                _parent_setup(spec, pid, persisted)
+                assert sync_w is not None
+                os.write(sync_w, b"G")
+                os.close(sync_w)
+                sync_w = None
+            elif kind == _child.MSG_WORKLOAD:
+                workload = int(payload)
+            elif kind == _child.MSG_ERROR:
+                try:
+                    error = pickle.loads(payload)
+                except Exception as e:  # pragma: no cover - defensive
+                    error = PycontainError(f"the child failed and its error could not be read: {e!r}", op="start")
+        if error is not None:
+            _kill_and_reap(pid)
+            reaped = True
+            raise error
+    except BaseException:
+        for path in persisted:
+            try:
+                nsfs.unbind_namespace(path)
+            except Exception:
+                pass
+        if result_r is not None:
+            os.close(result_r)
+        if not reaped:
+            _kill_and_reap(pid)
+        raise
+    finally:
+        os.close(status_r)
+        if sync_w is not None:
+            os.close(sync_w)
+    return Child(spec, workload, pid, result_r)
+
+
+def _parent_setup(spec: ChildSpec, pid: int, persisted: list[str]) -> None:
+    """What the parent does once the child unshared: id maps, then persist binds."""
+    if spec.uid_map:
+        nsfs.write_id_map(pid, "uid_map", spec.uid_map)
+    if spec.gid_map:
+        if os.geteuid() != 0:
+            # Unprivileged writers must give up setgroups first (user_namespaces(7)).
+            nsfs.deny_setgroups(pid)
+        nsfs.write_id_map(pid, "gid_map", spec.gid_map)
+    for kind, path in spec.persist.items():
+        nsfs.bind_namespace(nsfs.proc_ns_path(pid, kind, for_children=True), path)
+        persisted.append(path)

@@ -1,0 +1,152 @@
+"""Namespace files: id maps, persisting a namespace by bind mount, joining one.
+
+These are the /proc and nsfs operations the engine needs around a child
+that creates namespaces (user_namespaces(7), setns(2), ``ip netns add``).
+Every failure is a typed error naming the operation and path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from pycontain.errors import AlreadyExists, kernel_error
+from pycontain.kernel import constants as C
+from pycontain.kernel import syscalls
+from pycontain.kernel.proc import PROC, mountinfo
+
+
+def proc_ns_path(pid: int, kind: str, *, for_children: bool = False) -> str:
+    """``/proc/PID/ns/KIND``; ``for_children`` picks ``pid_for_children`` /
+    ``time_for_children``, where a process that unshared pid or time keeps
+    the namespace its future children go into (unshare(2))."""
+    if for_children and kind in ("pid", "time"):
+        return f"{PROC}/{pid}/ns/{kind}_for_children"
+    return f"{PROC}/{pid}/ns/{kind}"
+
+
+def write_id_map(pid: int, which: str, text: str) -> None:
+    """Write ``text`` ("inside outside count" lines) to /proc/PID/uid_map or gid_map.
+
+    The kernel accepts a map once, in a single write (user_namespaces(7)).
+    """
+    path = f"{PROC}/{pid}/{which}"
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise kernel_error("open", e.errno or errno.EIO, path=path) from None
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        raise kernel_error(f"write {which}", e.errno or errno.EIO, path=path, detail=f"map={text!r}",
+                           hint="each line is 'inside outside count'; ranges must not overlap and "
+                           "the writer needs CAP_SETUID/CAP_SETGID over the outside ids") from None
+    finally:
+        os.close(fd)
+
+
+def deny_setgroups(pid: int) -> None:
+    """Write "deny" to /proc/PID/setgroups: required before an unprivileged gid_map."""
+    path = f"{PROC}/{pid}/setgroups"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"deny")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise kernel_error("write setgroups", e.errno or errno.EIO, path=path) from None
+
+
+def write_pid(path: str, pid: int = 0) -> None:
+    """Write ``pid`` (0: the caller) to a file such as a cgroup's ``cgroup.procs``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise kernel_error("open", e.errno or errno.EIO, path=path) from None
+    try:
+        os.write(fd, str(pid).encode())
+    except OSError as e:
+        raise kernel_error("write", e.errno or errno.EIO, path=path, detail=f"pid={pid}") from None
+    finally:
+        os.close(fd)
+
+
+def open_namespace(path: str) -> int:
+    """Open a namespace file (/proc/PID/ns/KIND or a persisted bind) for setns(2)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise kernel_error("open namespace", e.errno or errno.EIO, path=path) from None
+
+
+def bind_namespace(source: str, target: str) -> None:
+    """Keep the namespace behind ``source`` alive by bind-mounting it on ``target``.
+
+    ``target`` is created as an empty file (its directory too); it must not
+    exist yet. On failure nothing is left behind.
+    """
+    parent = os.path.dirname(target) or "."
+    try:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise kernel_error("mkdir", e.errno or errno.EIO, path=parent) from None
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    except FileExistsError:
+        raise AlreadyExists("a file is already there", op="persist namespace", path=target,
+                            hint="pick another path or release the namespace kept there") from None
+    except OSError as e:
+        raise kernel_error("create", e.errno or errno.EIO, path=target) from None
+    os.close(fd)
+    try:
+        syscalls.mount(source, target, None, C.MS_BIND)
+    except BaseException:
+        try:
+            os.unlink(target)
+        except OSError:
+            pass
+        raise
+
+
+def unbind_namespace(path: str) -> bool:
+    """Undo :func:`bind_namespace`: detach the mount and remove the file.
+
+    Idempotent: returns False when there was nothing to release.
+    """
+    did = False
+    try:
+        syscalls.umount2(path, C.MNT_DETACH)
+        did = True
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
+            raise
+    try:
+        os.unlink(path)
+        did = True
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise kernel_error("unlink", e.errno or errno.EIO, path=path) from None
+    return did
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether ``path`` is the mount point of some mount in the caller's mount namespace."""
+    real = os.path.realpath(path)
+    return any(m.mount_point == real for m in mountinfo())
+
+
+def make_private_bind(path: str) -> None:
+    """Bind ``path`` onto itself and make it private, so binds under it stay put.
+
+    A mount namespace can only be persisted on a mount that does not
+    propagate into that namespace (else the kernel refuses: a loop, EINVAL).
+    """
+    syscalls.mount(path, path, None, C.MS_BIND)
+    try:
+        syscalls.mount(None, path, None, C.MS_PRIVATE)
+    except BaseException:
+        syscalls.umount2(path, C.MNT_DETACH)
+        raise
