@@ -71,7 +71,22 @@ __all__ = [
     "Timeout",
     "Unsupported",
     "load_ipython_extension",
-    *_LAZY,
+    "Namespace",
+    "namespaces",
+    "spawn",
+    "doctor",
+    "cgroup_version",
+    "Cgroup",
+    "cgroups",
+    "Layer",
+    "Image",
+    "images",
+    "Container",
+    "containers",
+    "run",
+    "Network",
+    "networks",
+    "plot",
 ]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from pycontain.errors import InvalidArgument, Unsupported, kernel_error
 from pycontain.kernel import constants as C

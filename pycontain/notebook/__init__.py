@@ -1,0 +1,1 @@
+"""The notebook face: IPython magics, live widgets and plots."""
