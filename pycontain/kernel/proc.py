@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from pycontain.errors import NotFound, kernel_error
 from pycontain.kernel.constants import NAMESPACE_KINDS
@@ -225,3 +225,28 @@ def iter_namespace_owners() -> Iterator[tuple[int, dict[str, NamespaceId]]]:
         ids = namespace_ids(pid)
         if ids:
             yield pid, ids
+
+
+# -- network counters -------------------------------------------------------------
+
+
+def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
+    """Parse /proc/net/dev: interface -> rx/tx bytes and packets."""
+    out = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        f = rest.split()
+        out[name.strip()] = {
+            "rx_bytes": int(f[0]),
+            "rx_packets": int(f[1]),
+            "tx_bytes": int(f[8]),
+            "tx_packets": int(f[9]),
+        }
+    return out
+
+
+def net_dev(pid: int | str = "self") -> dict[str, dict[str, int]]:
+    """Traffic counters of every interface in process ``pid``'s network namespace."""
+    return parse_net_dev(_read(f"{PROC}/{pid}/net/dev"))
