@@ -146,6 +146,17 @@ def writable(path: str) -> bool:
         return False
 
 
+def cgroup_parent_writable(hierarchy: str, parent: str = "pycontain") -> bool:
+    """Whether the caller may create cgroups for pycontain in ``hierarchy``.
+
+    pycontain's cgroups live under ``<hierarchy>/<parent>``: once that
+    directory exists it is the one that must be writable, else the
+    hierarchy's root (where the parent would be created).
+    """
+    path = os.path.join(hierarchy, parent)
+    return writable(path if os.path.isdir(path) else hierarchy)
+
+
 # -- the probe child --------------------------------------------------------------
 
 #: How a namespace kind's own file shows that unshare took effect. pid and
