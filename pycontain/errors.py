@@ -220,3 +220,30 @@ def kernel_error(
     if detail:
         message += f" ({detail})"
     return cls(message, op=op, path=path, errno=err, hint=hint or _HINTS.get(err))
+
+
+# -- archives and images (added with pycontain.image) -----------------------------
+
+
+class InvalidArchive(InvalidArgument):
+    """A layer tar, image layout or manifest is malformed or hostile.
+
+    Raised before anything of the archive reaches the store: a half-extracted
+    layer is removed again.
+    """
+
+
+class LimitExceeded(InvalidArchive):
+    """An archive went past a cap (total size, entry count, compression ratio).
+
+    ``field`` names the cap (``max_bytes``, ``max_entries``, ``max_ratio``) and
+    ``value`` the value reached; raise the cap in :class:`pycontain.image.Limits`
+    if the archive is trusted.
+    """
+
+
+class DigestMismatch(InvalidArchive):
+    """Content does not hash to (or is not the size of) what its descriptor says."""
+
+
+__all__ += ["InvalidArchive", "LimitExceeded", "DigestMismatch"]
