@@ -268,3 +268,32 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
     nr = _syscall_number("pidfd_send_signal")
     _check(int(_c_syscall(ctypes.c_long(nr), ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0))),
            "pidfd_send_signal", detail=f"sig={sig}")
+
+
+# -- network interfaces ---------------------------------------------------------------
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def interface_up(name: str = "lo") -> None:
+    """Bring interface ``name`` up in the caller's network namespace.
+
+    Uses the SIOCSIFFLAGS ioctl (netdevice(7)) rather than netlink: inside a
+    container's setup this is one system call and needs no library.
+    """
+    import fcntl
+    import socket
+    import struct
+
+    raw = name.encode()
+    if not raw or len(raw) >= 16 or b"\0" in raw:
+        raise InvalidArgument("invalid interface name", field="interface", value=name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            ifreq = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", raw, 0))
+            flags = struct.unpack("16sH14x", ifreq)[1]
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", raw, flags | _IFF_UP))
+        except OSError as e:
+            raise kernel_error("ioctl(SIOCSIFFLAGS)", e.errno or 0, path=name) from None
