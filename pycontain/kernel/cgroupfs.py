@@ -102,3 +102,228 @@ def layout() -> CgroupLayout:
     except OSError:
         text = ""
     return layout_from(mountinfo(), text)
+
+
+# -- file access for the cgroup backends -------------------------------------------
+#
+# The backends (pycontain.backends.cgroup_v1/_v2) decide *what* to write; the
+# functions below are the only code that opens cgroup files. Errors come back
+# typed (pycontain.errors), naming the file and the value.
+
+import errno as _errno  # noqa: E402  (kept next to the code that uses it)
+import os  # noqa: E402
+import stat as _stat  # noqa: E402
+
+from pycontain.errors import NotFound, kernel_error  # noqa: E402
+from pycontain.kernel import constants as _C  # noqa: E402
+from pycontain.kernel import syscalls as _sys  # noqa: E402
+
+
+def read(path: str) -> str:
+    """The whole text of a cgroup (or /sys) file; typed error on failure."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise kernel_error("read", e.errno or _errno.EIO, path=path) from None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except OSError as e:
+        raise kernel_error("read", e.errno or _errno.EIO, path=path) from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+def read_fast(path: str) -> bytes | None:
+    """One ``read(2)`` of a small cgroup file, or None if it cannot be read.
+
+    For stats samplers: no exceptions on the hot path, no text decoding.
+    Cgroup stat files fit in one read (the kernel fills a seq_file page).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 16384)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def write(path: str, value: str | int, *, field: str | None = None) -> None:
+    """Write ``value`` to a cgroup file with one ``write(2)``, as the kernel wants.
+
+    The kernel parses each write as a whole; splitting it (as buffered I/O
+    may) can make it refuse the value, so this uses os.write on a raw fd.
+    """
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise kernel_error("open", e.errno or _errno.EIO, path=path) from None
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        detail = f"writing {str(value)!r}" + (f" for {field}" if field else "")
+        hint = None
+        if e.errno == _errno.EINVAL:
+            hint = "the kernel refused this value for this file; check its range and format"
+        elif e.errno == _errno.EBUSY:
+            hint = "the cgroup is in use (a limit below current usage, or processes inside)"
+        raise kernel_error("write", e.errno or _errno.EIO, path=path, detail=detail, hint=hint) from None
+    finally:
+        os.close(fd)
+
+
+def make_dir(path: str) -> bool:
+    """mkdir a cgroup; True if we created it, False if it already existed."""
+    try:
+        os.mkdir(path, 0o755)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise kernel_error("mkdir", e.errno or _errno.EIO, path=path) from None
+
+
+def remove_dir(path: str) -> bool:
+    """rmdir a cgroup; True if removed, False if it was already gone."""
+    try:
+        os.rmdir(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise kernel_error("rmdir", e.errno or _errno.EIO, path=path,
+                           hint="a cgroup can only be removed once it has no processes and no children"
+                           if e.errno == _errno.EBUSY else None) from None
+
+
+def exists(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def children(path: str) -> list[str]:
+    """Names of the child cgroups of ``path`` (empty if it is gone)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def procs(path: str) -> list[int]:
+    """The pids in ``path/cgroup.procs`` (empty if the cgroup is gone)."""
+    raw = read_fast(path + "/cgroup.procs")
+    if raw is None:
+        return []
+    return [int(x) for x in raw.split()]
+
+
+def join(procs_files: list[str] | tuple[str, ...]) -> None:
+    """Move the calling process into each cgroup whose ``cgroup.procs`` is given.
+
+    Writing ``0`` means "the writer" (cgroups(7)), so a freshly forked child
+    can place itself before exec without knowing its pid.
+    """
+    for path in procs_files:
+        write(path, "0")
+
+
+def _parse_cpu_list(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def online_cpus() -> set[int]:
+    """The CPUs the kernel has online (/sys/devices/system/cpu/online)."""
+    try:
+        return _parse_cpu_list(read("/sys/devices/system/cpu/online"))
+    except OSError:
+        return set(range(os.cpu_count() or 1))
+
+
+def online_mems() -> set[int]:
+    """The NUMA memory nodes online (node 0 on machines without NUMA)."""
+    try:
+        return _parse_cpu_list(read("/sys/devices/system/node/online"))
+    except OSError:
+        return {0}
+
+
+def device_number(path: str) -> tuple[str, int, int]:
+    """(``"b"`` or ``"c"``, major, minor) of a device node such as /dev/loop0."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound("no such device node", field="device", value=path) from None
+    except OSError as e:
+        raise kernel_error("stat", e.errno or _errno.EIO, path=path) from None
+    if _stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    elif _stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    else:
+        from pycontain.errors import InvalidArgument
+
+        raise InvalidArgument("not a device node", field="device", value=path,
+                              hint="give a block or character device such as /dev/loop0, or 'MAJ:MIN'")
+    return kind, os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def block_device_name(major: int, minor: int) -> str | None:
+    """The kernel name of block device MAJ:MIN (``loop0``), from /sys/dev/block."""
+    try:
+        return os.path.basename(os.readlink(f"/sys/dev/block/{major}:{minor}"))
+    except OSError:
+        return None
+
+
+def mount_v1_hierarchy(controller: str, target: str) -> bool:
+    """Mount a cgroup v1 hierarchy for ``controller`` at ``target`` (created if missing).
+
+    Returns True if this call created the directory ``target`` (so the caller
+    knows to remove it after unmounting). The kernel binds a controller to at
+    most one v1 hierarchy; mounting it again with the same options returns the
+    existing hierarchy (cgroups(7)).
+    """
+    created = make_dir(target)
+    try:
+        _sys.mount("cgroup", target, "cgroup", _C.MS_NOSUID | _C.MS_NODEV | _C.MS_NOEXEC | _C.MS_RELATIME,
+                   controller)
+    except BaseException:
+        if created:
+            try:
+                os.rmdir(target)
+            except OSError:
+                pass
+        raise
+    return created
+
+
+def unmount_hierarchy(target: str, *, remove_dir_too: bool) -> None:
+    """Unmount what :func:`mount_v1_hierarchy` mounted and drop its directory."""
+    _sys.umount2(target)
+    if remove_dir_too:
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass
+
+
+def is_mount_point(path: str) -> bool:
+    """True if ``path`` is a mount point in this mount namespace."""
+    real = os.path.realpath(path)
+    return any(m.mount_point == real for m in mountinfo())
