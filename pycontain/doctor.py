@@ -413,10 +413,11 @@ def _privileges(f: HostFacts) -> list[Check]:
                          "uid 0 but without CAP_SYS_ADMIN (inside an unprivileged container?)",
                          "run on a VM or a privileged container for mounts, namespaces and cgroups"))
     else:
-        status = "limited" if _userns_works(f) else "missing"
+        userns = _userns_works(f)
         out.append(Check(
-            "privileges", "root", status,
-            f"not root (uid {f.euid}): no cgroup limits; namespaces only inside a user namespace",
+            "privileges", "root", "limited" if userns else "missing",
+            f"not root (uid {f.euid}): no cgroup limits; "
+            + ("namespaces only inside a user namespace" if userns else "no namespaces"),
             "run as root (sudo) for cgroup limits and every namespace; "
             "without root pycontain isolates with user namespaces where the kernel allows",
         ))
@@ -472,7 +473,7 @@ def _namespaces(f: HostFacts) -> list[Check]:
             out.append(Check("namespaces", kind, "ok", f"unshare works: {what}"))
         elif r.get("in_userns"):
             out.append(Check("namespaces", kind, "limited",
-                             f"needs root; works inside a new user namespace ({what})",
+                             f"needs root here; works inside a new user namespace: {what}",
                              "run as root, or let pycontain create a user namespace first (rootless)"))
         elif not r.get("in_kernel", True):
             out.append(Check("namespaces", kind, "missing",
