@@ -427,15 +427,22 @@ def test_many_starts_with_busy_threads() -> None:
             if n % 500 == 0:
                 print(f"thread {i} at {n}", flush=True)  # holds stdout's lock often
 
+    def watchdog(_sig: int, _frame: object) -> None:
+        raise AssertionError("start() or wait() hung with busy threads")
+
     threads = [threading.Thread(target=spin, args=(i,), daemon=True) for i in range(4)]
     for t in threads:
         t.start()
+    old = signal.signal(signal.SIGALRM, watchdog)
+    signal.alarm(120)  # interrupts a hung read/waitpid in this (main) thread
     try:
         for i in range(200):
             new = {"uts", "ipc"} if i % 2 else set()
             child = start(ChildSpec(argv=["true"], new=new))
-            assert child.wait(timeout=10) == 0
+            assert child.wait() == 0
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
         stop.set()
         for t in threads:
             t.join()
