@@ -375,3 +375,94 @@ def test_attach_to_a_missing_netns_leaves_nothing(net: pcnet.Network, tmp_path) 
         net.attach(str(tmp_path / "nope"), name="ghost")
     assert net.endpoints() == []
     assert not [n for n in netlink.link_names() if n.startswith("pcv-")]
+
+
+# -- net_cls: a cgroup's classid picks the tc class (the tc side of the story) ----------------
+
+
+def _classid_probe(dest: tuple[str, int], nbytes: int, classid: int) -> int:
+    """In a private mount ns: a net_cls hierarchy (note: once mounted, the
+    kernel keeps a v1 hierarchy whose root holds processes, so net_cls stays
+    bound to it after the unmount, until reboot; every later net_cls mount,
+    pycontain's cgroup code included, reuses that same hierarchy), a cgroup with ``classid``,
+    one transfer from a process inside it, then one from outside it.
+
+    Only ``pycontain/<name>`` is created (and removed) in the hierarchy; this
+    process stays where it is, only its forked child enters the cgroup.
+    """
+    import tempfile
+
+    from pycontain.kernel import constants as C
+    from pycontain.kernel import syscalls
+
+    syscalls.mount(None, "/", None, C.MS_REC | C.MS_PRIVATE)
+    root = tempfile.mkdtemp(prefix="pycontain-netcls-")
+    syscalls.mount("net_cls", root, "cgroup", 0, "net_cls")
+    parent = os.path.join(root, "pycontain")
+    made_parent = not os.path.isdir(parent)
+    cg = os.path.join(parent, f"nettest-{os.getpid()}")
+    try:
+        os.makedirs(cg)
+        with open(os.path.join(cg, "net_cls.classid"), "w") as f:
+            f.write(str(classid))
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+                _source(dest, nbytes)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        _source(dest, nbytes)  # this process has no classid: unshaped
+        return os.waitstatus_to_exitcode(status)
+    finally:
+        os.rmdir(cg)
+        if made_parent:
+            os.rmdir(parent)
+        syscalls.umount2(root, C.MNT_DETACH)
+        os.rmdir(root)
+
+
+@pytest.mark.v1
+@pytest.mark.slow
+def test_shape_classid_limits_only_the_classified_cgroup(net: pcnet.Network, make_netns) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    ep = net.attach(make_netns("cls"), name="cls")
+    pcnet.shape_classid("eth0", "10:1", "10mbit", netns=ep.netns)
+    assert 0x100001 in netlink.tc_classes("eth0", ep.netns)
+    assert set(netlink.tc_filters("eth0", 0x100000, ep.netns)) == {"bpf"}
+
+    nbytes = 2_500_000
+    srv = socket.socket()
+    srv.bind((net.gateway, 0))
+    srv.listen(2)
+    rates: list[float] = []
+
+    def receive_two() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            got, t0 = 0, None
+            with conn:
+                while got < nbytes:
+                    chunk = conn.recv(1 << 16)
+                    if not chunk:
+                        break
+                    t0 = t0 or time.monotonic()
+                    got += len(chunk)
+                rates.append(got * 8 / max(time.monotonic() - (t0 or 0), 1e-6))
+                conn.sendall(b"done")
+
+    t = threading.Thread(target=receive_two)
+    t.start()
+    try:
+        probe = run_in(ep.netns, _classid_probe, (net.gateway, srv.getsockname()[1]), nbytes, 0x100001, mnt=True)
+        assert probe.result(timeout=60) == 0
+    finally:
+        t.join(timeout=60)
+        srv.close()
+    print(f"classified {rates[0] / 1e6:.2f} Mbit/s, unclassified {rates[1] / 1e6:.2f} Mbit/s (class rate 10)")
+    assert abs(rates[0] - 10e6) <= 0.2 * 10e6, rates
+    assert rates[1] > 3 * 10e6, rates
