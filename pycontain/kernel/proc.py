@@ -250,3 +250,28 @@ def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
 def net_dev(pid: int | str = "self") -> dict[str, dict[str, int]]:
     """Traffic counters of every interface in process ``pid``'s network namespace."""
     return parse_net_dev(_read(f"{PROC}/{pid}/net/dev"))
+
+
+# -- file descriptors -----------------------------------------------------------------
+
+
+def fd_path(fd: int) -> str:
+    """The /proc magic link of the caller's ``fd``: a path that means exactly
+    the file the fd holds, however its name changes (mount targets by fd)."""
+    return f"{PROC}/self/fd/{fd}"
+
+
+def fd_target(fd: int) -> str:
+    """Where the caller's ``fd`` points, as a path from the caller's root."""
+    try:
+        return os.readlink(fd_path(fd))
+    except OSError as e:
+        raise kernel_error("readlink", e.errno or errno.EIO, path=fd_path(fd)) from None
+
+
+def open_fds(pid: int | str = "self") -> list[int]:
+    """The open file descriptor numbers of ``pid``, ascending."""
+    try:
+        return sorted(int(n) for n in os.listdir(f"{PROC}/{pid}/fd"))
+    except OSError as e:
+        raise kernel_error("listdir", e.errno or errno.EIO, path=f"{PROC}/{pid}/fd") from None

@@ -297,3 +297,87 @@ def interface_up(name: str = "lo") -> None:
             fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", raw, flags | _IFF_UP))
         except OSError as e:
             raise kernel_error("ioctl(SIOCSIFFLAGS)", e.errno or 0, path=name) from None
+
+
+# -- seccomp and safe path resolution (rootfs/hardening backends) -------------------
+
+_SECCOMP_MODE_FILTER = 2  # <linux/seccomp.h>
+_NR_OPENAT2 = 437  # unified number on every architecture (Linux 5.6)
+
+# openat2(2) resolve flags -- include/uapi/linux/openat2.h
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_load_bpf(program: bytes) -> None:
+    """PR_SET_SECCOMP(SECCOMP_MODE_FILTER) with a classic-BPF program (raw
+    ``struct sock_filter`` array, e.g. libseccomp's ``seccomp_export_bpf``).
+
+    Needs no_new_privs or CAP_SYS_ADMIN (seccomp(2)); irreversible, inherited
+    across fork and execve.
+    """
+    if not program or len(program) % 8 or len(program) // 8 > 0xFFFF:
+        raise InvalidArgument("a BPF program is a non-empty array of 8-byte instructions",
+                              field="program", value=len(program))
+    count = len(program) // 8
+    insns = (_SockFilter * count).from_buffer_copy(program)
+    prog = _SockFprog(count, ctypes.cast(insns, ctypes.POINTER(_SockFilter)))
+    ret = _c_prctl(C.PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0)
+    _check(ret, "prctl(PR_SET_SECCOMP)", detail=f"{count} instructions")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str | os.PathLike[str], flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open ``path`` relative to ``dirfd`` with RESOLVE_* restrictions.
+
+    ``RESOLVE_IN_ROOT`` resolves as if ``dirfd`` were ``/`` (absolute symlinks
+    and ``..`` stay inside): the kernel-side answer to symlink escapes from
+    a container's rootfs (CVE-2021-30465 in runc).
+    """
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    raw = _fs(path)
+    ret = int(_c_syscall(ctypes.c_long(_NR_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
+                         ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    return _check(ret, "openat2", path)
+
+
+# mount_setattr(2) -- include/uapi/linux/mount.h
+MOUNT_ATTR_RDONLY = 0x00000001
+MOUNT_ATTR_NOSUID = 0x00000002
+MOUNT_ATTR_NODEV = 0x00000004
+MOUNT_ATTR_NOEXEC = 0x00000008
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool = False) -> None:
+    """mount_setattr(2) on the mount ``fd`` (an O_PATH fd of its root) refers to.
+
+    Unlike a bind remount it changes only the given MOUNT_ATTR_* flags, and
+    with ``recursive`` the whole subtree at once (a truly read-only volume,
+    not just its top mount).
+    """
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    ret = int(_c_syscall(ctypes.c_long(_syscall_number("mount_setattr")), ctypes.c_int(fd), ctypes.c_char_p(b""),
+                         ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
+    _check(ret, "mount_setattr", detail=f"set={attr_set:#x} clear={attr_clr:#x} recursive={recursive}")

@@ -1,0 +1,610 @@
+"""Turn a directory (or a storage driver's mount) into the container's ``/``.
+
+:func:`enter_rootfs` runs in the container's single-threaded child, after it
+unshared a mount namespace (and forked into its pid namespace), and before
+capabilities are dropped (the mounts need CAP_SYS_ADMIN). In order
+(DESIGN.md §3, after runc/crun/bubblewrap):
+
+1. ``/`` becomes recursively private, so nothing below propagates to the host.
+2. The root filesystem: ``plan.mount_rootfs(path)`` (a storage driver's overlay)
+   or a bind of the prepared directory onto itself (pivot_root(2) needs a
+   mount point); ``nodev`` by default.
+3. Volumes (bind mounts), destinations resolved *inside* the rootfs with
+   openat2(RESOLVE_IN_ROOT): a symlink in the image cannot point a mount
+   outside the container (CVE-2021-30465); /proc, /sys, /dev are refused.
+4. A fresh ``/proc`` (nosuid,nodev,noexec); a minimal ``/dev`` (tmpfs with
+   bind mounts of the host's null zero full random urandom tty, devpts
+   ``newinstance`` with ``/dev/ptmx`` -> ``pts/ptmx``, ``/dev/shm``,
+   ``/dev/mqueue``, the fd/stdin/stdout/stderr symlinks); ``/sys``
+   read-only; ``/sys/fs/cgroup`` read-only (see :class:`RootfsPlan.cgroup`).
+5. Docker's masked paths (``/dev/null`` over files, an empty read-only tmpfs
+   over directories) and read-only paths.
+6. ``pivot_root(".", ".")``, then ``umount2(".", MNT_DETACH)`` of the old root
+   stacked on top, ``chdir("/")``: the host's tree is gone, not hidden
+   (a chroot could be escaped).
+7. With ``read_only``, the root mount becomes read-only.
+
+Why the device nodes are bind mounts on a ``nodev`` tmpfs: they work in a
+user namespace too (where mknod is refused), and every node a container
+creates itself (it keeps CAP_MKNOD, as in Docker) is unusable, because every
+writable mount it sees is ``nodev``.
+
+Example (in the child)::
+
+    enter_rootfs(RootfsPlan("/var/lib/pycontain/c1/rootfs",
+                            volumes=[BindMount("/data", "/data", read_only=True)]))
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycontain.errors import InvalidArgument, PycontainError, kernel_error
+from pycontain.kernel import constants as C
+from pycontain.kernel import proc, syscalls
+
+__all__ = [
+    "BindMount",
+    "RootfsPlan",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
+    "DEVICES",
+    "FORBIDDEN_DESTINATIONS",
+    "enter_rootfs",
+    "check_volume",
+]
+
+#: Docker's default masked paths (moby oci/defaults.go): unreadable inside.
+MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+#: Docker's default read-only paths.
+READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+#: The device nodes of the minimal /dev (bind mounts of the host's nodes).
+DEVICES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+#: Volume destinations that would cover (and undo) the kernel filesystems set up here.
+FORBIDDEN_DESTINATIONS: tuple[str, ...] = ("/proc", "/sys", "/dev")
+
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+              ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"))
+_NOSUID_NODEV_NOEXEC = C.MS_NOSUID | C.MS_NODEV | C.MS_NOEXEC
+_ATTR_LOCKDOWN = (syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV
+                  | syscalls.MOUNT_ATTR_NOEXEC)
+_CGROUP_MODES = ("auto", "namespace", "own", "empty")
+
+
+# -- the plan -----------------------------------------------------------------------
+
+
+def _clean_abs(value: Any, fieldname: str) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument("expected a non-empty path string", field=fieldname, value=value)
+    if "\0" in value:
+        raise InvalidArgument("a path cannot contain NUL", field=fieldname, value=value)
+    if not value.startswith("/"):
+        raise InvalidArgument("the path must be absolute", field=fieldname, value=value,
+                              hint="relative paths are ambiguous inside a container; start with /")
+    # "," and ":" separate mount options and volume specs (src:dst:ro); a path
+    # with them would mean something else to the next tool (runc, podman).
+    for ch in (",", ":"):
+        if ch in value:
+            raise InvalidArgument(f"a path with {ch!r} is not accepted", field=fieldname, value=value)
+    parts = value.split("/")
+    if ".." in parts:
+        raise InvalidArgument("'..' is not accepted in a mount path", field=fieldname, value=value)
+    return posixpath.normpath(value).replace("//", "/")
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host path bound into the container: ``source`` (host, absolute, must
+    exist) at ``destination`` (inside, absolute, not under /proc /sys /dev),
+    read-only if ``read_only`` (recursively: submounts too)."""
+
+    source: str
+    destination: str
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        src = _clean_abs(self.source, "volumes.source")
+        dst = _clean_abs(self.destination, "volumes.destination")
+        if dst == "/":
+            raise InvalidArgument("a volume cannot cover /", field="volumes.destination", value=self.destination,
+                                  hint="give a directory inside the container, e.g. /data")
+        for bad in FORBIDDEN_DESTINATIONS:
+            if _is_under(dst, bad):
+                raise InvalidArgument("volume destination is reserved for the container's kernel filesystems",
+                                      field="volumes.destination", value=self.destination,
+                                      hint=f"{bad} is set up by pycontain; choose another place")
+        if not isinstance(self.read_only, bool):
+            raise InvalidArgument("read_only is True or False", field="volumes.read_only", value=self.read_only)
+        object.__setattr__(self, "source", src)
+        object.__setattr__(self, "destination", dst)
+
+
+def check_volume(volume: Any) -> BindMount:
+    """A :class:`BindMount` from a BindMount, a ``(source, destination[, read_only])``
+    tuple, or an object with ``source``, ``destination`` and ``read_only``.
+
+    Raises:
+        InvalidArgument: any bad part; a missing source.
+    """
+    if isinstance(volume, BindMount):
+        vol = volume
+    elif isinstance(volume, tuple) and len(volume) in (2, 3):
+        vol = BindMount(*volume)
+    elif hasattr(volume, "source") and hasattr(volume, "destination"):
+        vol = BindMount(volume.source, volume.destination, bool(getattr(volume, "read_only", False)))
+    else:
+        raise InvalidArgument("a volume is (source, destination[, read_only]) or a BindMount",
+                              field="volumes", value=volume)
+    if not os.path.exists(vol.source):
+        raise InvalidArgument("volume source does not exist", field="volumes.source", value=vol.source)
+    return vol
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    """How :func:`enter_rootfs` builds the container's filesystem tree.
+
+    Fields:
+        rootfs: absolute host path of the root directory (or where
+            ``mount_rootfs`` mounts it).
+        mount_rootfs: called as ``mount_rootfs(rootfs)`` in the child to
+            mount the root filesystem (a storage driver's overlay); None
+            binds ``rootfs`` onto itself.
+        read_only: make ``/`` read-only at the end (volumes keep their mode).
+        volumes: :class:`BindMount` (or tuples), mounted in order.
+        masked_paths / readonly_paths: Docker's defaults.
+        cgroup: what ``/sys/fs/cgroup`` shows, always read-only:
+            ``"namespace"``: fresh cgroup mounts, which a cgroup namespace
+            roots at the container's own cgroups (needs "cgroup" in the
+            child's new namespaces); ``"own"``: a tmpfs with read-only bind
+            mounts of the child's own cgroup directories, at the host's
+            layout (runc's way on v1 without cgroupns); ``"empty"``: an empty
+            tmpfs; ``"auto"``: "namespace" if the child is in a cgroup
+            namespace of its own, else "own".
+        nodev: mount the rootfs and volumes ``nodev``: device nodes in the
+            image or made by the container cannot be opened.
+        files: container path -> text, bound over (or created at) that path
+            from the container's private /dev tmpfs, e.g. ``/etc/hosts``;
+            the image's file is shadowed, never written.
+    """
+
+    rootfs: str
+    mount_rootfs: Callable[[str], None] | None = None
+    read_only: bool = False
+    volumes: tuple[Any, ...] = ()
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
+    cgroup: str = "auto"
+    nodev: bool = True
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        root = self.rootfs
+        if isinstance(root, os.PathLike):
+            root = os.fspath(root)
+        if not isinstance(root, str) or not root.startswith("/") or "\0" in root:
+            raise InvalidArgument("rootfs is an absolute directory path", field="rootfs", value=self.rootfs)
+        put(self, "rootfs", posixpath.normpath(root))
+        if self.mount_rootfs is not None and not callable(self.mount_rootfs):
+            raise InvalidArgument("mount_rootfs must be callable", field="mount_rootfs", value=self.mount_rootfs)
+        if self.mount_rootfs is None and not os.path.isdir(root):
+            raise InvalidArgument("rootfs is not a directory", field="rootfs", value=self.rootfs)
+        if isinstance(self.volumes, (str, bytes)):
+            raise InvalidArgument("volumes is a list", field="volumes", value=self.volumes)
+        vols = tuple(check_volume(v) for v in self.volumes)
+        dests = [v.destination for v in vols]
+        if len(set(dests)) != len(dests):
+            raise InvalidArgument("two volumes share a destination", field="volumes.destination", value=dests)
+        put(self, "volumes", vols)
+        for name in ("masked_paths", "readonly_paths"):
+            paths = getattr(self, name)
+            if isinstance(paths, str):
+                raise InvalidArgument(f"{name} is a list of paths", field=name, value=paths)
+            clean = tuple(_clean_abs(p, name) for p in paths)
+            for p in clean:
+                if not (_is_under(p, "/proc") or _is_under(p, "/sys")):
+                    raise InvalidArgument("masked and read-only paths live under /proc or /sys", field=name, value=p)
+            put(self, name, clean)
+        if self.cgroup not in _CGROUP_MODES:
+            raise InvalidArgument("unknown /sys/fs/cgroup mode", field="cgroup", value=self.cgroup,
+                                  hint="one of " + ", ".join(_CGROUP_MODES))
+        if not isinstance(self.files, Mapping):
+            raise InvalidArgument("files maps container paths to text", field="files", value=self.files)
+        files = {}
+        for dest, text in self.files.items():
+            dest = _clean_abs(dest, "files")
+            if dest == "/" or any(_is_under(dest, bad) for bad in FORBIDDEN_DESTINATIONS):
+                raise InvalidArgument("file destination is reserved", field="files", value=dest)
+            if not isinstance(text, str):
+                raise InvalidArgument("file content is text", field=f"files[{dest}]", value=text)
+            files[dest] = text
+        put(self, "files", files)
+        for name in ("read_only", "nodev"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name} is True or False", field=name, value=getattr(self, name))
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None,
+           what: str | None = None) -> None:
+    try:
+        syscalls.mount(source, target, fstype, flags, data)
+    except PycontainError as e:
+        # Name the container path, not the /proc/self/fd/N we mounted through.
+        raise kernel_error("mount", e.errno or errno.EIO, path=what or target,
+                           detail=f"{fstype or 'bind'} from {source}") from None
+
+
+def _open_in_root(root_fd: int, rel: str, flags: int = 0) -> int:
+    return syscalls.openat2(root_fd, rel, os.O_PATH | flags,
+                            syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+
+
+def _kernel_dir(root_fd: int, name: str) -> int:
+    """An O_PATH fd of the image's /proc, /sys or /dev (created if missing).
+
+    An image whose /proc is a symlink (or a file) is refused: mounting through
+    it would put the kernel filesystem wherever the image points.
+    """
+    try:
+        st = os.lstat(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        try:
+            os.mkdir(name, 0o755, dir_fd=root_fd)
+        except OSError as e:
+            raise kernel_error("mkdir", e.errno or errno.EIO, path="/" + name,
+                               hint="the rootfs lacks this directory and cannot be written") from None
+    else:
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidArgument(f"the image's /{name} is a symlink; refusing to mount through it",
+                                  field="rootfs", value="/" + name,
+                                  hint="a container image must have a real directory there (CVE-2019-19921 style)")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArgument(f"the image's /{name} is not a directory", field="rootfs", value="/" + name)
+    return syscalls.openat2(root_fd, name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW,
+                            syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
+
+
+def _within(root: str, target: str) -> str | None:
+    """``target`` (a path from the host root) as a path inside ``root``, or None if outside."""
+    if target == root:
+        return "/"
+    if target.startswith(root.rstrip("/") + "/"):
+        return target[len(root.rstrip("/")):]
+    return None
+
+
+def _volume_target(root_fd: int, root: str, vol: BindMount, source_is_dir: bool) -> int:
+    return _mount_target(root_fd, root, vol.destination, source_is_dir)
+
+
+def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool) -> int:
+    """Resolve (creating what is missing) ``destination`` inside the rootfs.
+
+    Symlinks in the image are followed *as if the rootfs were /*: a link to
+    /etc lands on the container's /etc, never the host's. Returns an O_PATH fd.
+    """
+    parts = [p for p in destination.split("/") if p]
+    for i in range(len(parts)):
+        sub = "/".join(parts[: i + 1])
+        try:
+            os.close(_open_in_root(root_fd, sub))
+            continue
+        except PycontainError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        parent = _open_in_root(root_fd, "/".join(parts[:i]) or ".", os.O_DIRECTORY)
+        try:
+            if i == len(parts) - 1 and not source_is_dir:
+                os.close(os.open(parts[i], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=parent))
+            else:
+                os.mkdir(parts[i], 0o755, dir_fd=parent)
+        except FileExistsError:
+            raise InvalidArgument("volume destination goes through a dangling symlink", field="volumes.destination",
+                                  value=destination, hint="fix or remove the symlink in the image") from None
+        except OSError as e:
+            raise kernel_error("mkdir", e.errno or errno.EIO, path=destination) from None
+        finally:
+            os.close(parent)
+    fd = _open_in_root(root_fd, "/".join(parts))
+    try:
+        landed = _within(root, proc.fd_target(fd))
+        if landed is None or landed == "/":
+            raise InvalidArgument("volume destination resolves outside the container's root",
+                                  field="volumes.destination", value=destination)
+        for bad in FORBIDDEN_DESTINATIONS:
+            if _is_under(landed, bad):
+                raise InvalidArgument(f"volume destination resolves into {bad} (through a symlink)",
+                                      field="volumes.destination", value=destination,
+                                      hint=f"{bad} is reserved for the container's kernel filesystems")
+        if stat.S_ISDIR(os.stat(proc.fd_path(fd)).st_mode) != source_is_dir:
+            raise InvalidArgument("volume source and destination differ in kind (file vs directory)",
+                                  field="volumes.destination", value=destination)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _mount_volume(root_fd: int, root: str, vol: BindMount, nodev: bool) -> None:
+    source_is_dir = os.path.isdir(vol.source)
+    fd = _volume_target(root_fd, root, vol, source_is_dir)
+    try:
+        _mount(vol.source, proc.fd_path(fd), None, C.MS_BIND | C.MS_REC, what=vol.destination)
+    finally:
+        os.close(fd)
+    attrs = (syscalls.MOUNT_ATTR_RDONLY if vol.read_only else 0) | (syscalls.MOUNT_ATTR_NODEV if nodev else 0)
+    if attrs:
+        # Reopen: the path now leads to the new mount's root. Recursive, so
+        # a read-only volume has no writable submount (old-API binds had).
+        fd = _open_in_root(root_fd, vol.destination.lstrip("/"))
+        try:
+            syscalls.mount_setattr(fd, attrs, recursive=True)
+        finally:
+            os.close(fd)
+
+
+def _mount_files(root_fd: int, root: str, files: Mapping[str, str]) -> None:
+    """Bind each text over its container path, from a file on our /dev tmpfs
+    that is unlinked at once (the mount keeps it; nothing shows in /dev)."""
+    for i, (dest, text) in enumerate(files.items()):
+        staging = f"{root}/dev/.pycontain-file-{i}"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        try:
+            target = _mount_target(root_fd, root, dest, source_is_dir=False)
+            try:
+                _mount(staging, proc.fd_path(target), None, C.MS_BIND, what=dest)
+            finally:
+                os.close(target)
+        finally:
+            os.unlink(staging)
+
+
+def _mount_dev(root: str, dev_fd: int) -> None:
+    dev = root + "/dev"
+    _mount("tmpfs", proc.fd_path(dev_fd), "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_STRICTATIME,
+           "mode=755,size=65536k", what="/dev")
+    for name in DEVICES:
+        target = f"{dev}/{name}"
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+        _mount(f"/dev/{name}", target, None, C.MS_BIND, what=f"/dev/{name}")
+    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
+        os.mkdir(f"{dev}/{name}", mode)
+    _mount("devpts", f"{dev}/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC,
+           "newinstance,ptmxmode=0666,mode=0620,gid=5", what="/dev/pts")
+    _mount("shm", f"{dev}/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k", what="/dev/shm")
+    _mount("mqueue", f"{dev}/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, what="/dev/mqueue")
+    for name, link in _DEV_LINKS:
+        os.symlink(link, f"{dev}/{name}")
+
+
+def _in_own_cgroup_namespace() -> bool:
+    try:
+        return proc.namespace_id("self", "cgroup") != proc.namespace_id(1, "cgroup")
+    except PycontainError:
+        return False
+
+
+def _cgroup_mounts() -> list[proc.MountInfo]:
+    return [m for m in proc.mountinfo("self")
+            if m.fstype in ("cgroup", "cgroup2") and _is_under(m.mount_point, "/sys/fs/cgroup")]
+
+
+def _mount_cgroup(root: str, mode: str) -> None:
+    base = root + "/sys/fs/cgroup"
+    if not os.path.isdir(base):
+        return  # a sysfs without cgroup support
+    if mode == "auto":
+        mode = "namespace" if _in_own_cgroup_namespace() else "own"
+    ro = C.MS_RDONLY | _NOSUID_NODEV_NOEXEC
+    mounts = [] if mode == "empty" else _cgroup_mounts()
+    pure_v2 = any(m.mount_point == "/sys/fs/cgroup" for m in mounts)
+    if not pure_v2:
+        _mount("tmpfs", base, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k", what="/sys/fs/cgroup")
+    membership = {}
+    for line in proc.proc_cgroup("self"):
+        key = "" if line.hierarchy_id == 0 else ",".join(sorted(line.controllers))
+        membership[key] = line.path
+    for m in mounts:
+        target = root + m.mount_point
+        if m.mount_point != "/sys/fs/cgroup":
+            os.makedirs(target, 0o755, exist_ok=True)
+        if mode == "namespace":
+            if m.fstype == "cgroup2":
+                _mount("cgroup2", target, "cgroup2", ro, what=m.mount_point)
+            else:
+                # The same controller set joins the existing hierarchy; in a
+                # cgroup namespace the mount is rooted at our own cgroup.
+                opts = [o for o in m.super_options if o not in ("rw", "ro") and not o.startswith("release_agent=")]
+                _mount("cgroup", target, "cgroup", ro, ",".join(opts), what=m.mount_point)
+        else:
+            if m.fstype == "cgroup2":
+                own = membership.get("")
+            else:
+                ctrls = [o for o in m.super_options if o not in ("rw", "ro", "xattr", "clone_children",
+                                                                  "noprefix", "cpuset_v2_mode")
+                         and not o.startswith("release_agent=")]
+                own = membership.get(",".join(sorted(ctrls)))
+            # /proc/self/cgroup and the mount's root are both relative to our
+            # cgroup namespace root; bind the part of our own cgroup this mount shows.
+            if own is None or not _is_under(own, m.root):
+                continue
+            rel = own[len(m.root.rstrip("/")):]
+            _mount(m.mount_point.rstrip("/") + rel, target, None, C.MS_BIND, what=m.mount_point)
+            _mount(None, target, None, C.MS_BIND | C.MS_REMOUNT | ro, what=m.mount_point)
+    if not pure_v2:
+        _mount(None, base, None, C.MS_REMOUNT | ro, "mode=755,size=64k", what="/sys/fs/cgroup")
+
+
+def _mask(root: str, path: str) -> None:
+    target = root + path
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return  # not on this kernel: nothing to hide
+    if stat.S_ISDIR(st.st_mode):
+        _mount("tmpfs", target, "tmpfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC, what=path)
+    else:
+        _mount(root + "/dev/null", target, None, C.MS_BIND, what=path)
+
+
+def _read_only(root: str, path: str) -> None:
+    target = root + path
+    if not os.path.lexists(target):
+        return
+    _mount(target, target, None, C.MS_BIND | C.MS_REC, what=path)
+    fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        syscalls.mount_setattr(fd, _ATTR_LOCKDOWN, recursive=True)
+    finally:
+        os.close(fd)
+
+
+# -- the whole sequence -------------------------------------------------------------------
+
+
+def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | None = None,
+                 volumes: Iterable[Any] = (), read_only: bool = False, files: Mapping[str, str] | None = None,
+                 cgroup: str = "auto", nodev: bool = True) -> None:
+    """Make ``plan.rootfs`` this process's ``/`` (see the module docstring).
+
+    ``plan`` is a :class:`RootfsPlan`, or the rootfs path with the plan's
+    fields as keywords (``mount_root`` is then a callable without arguments
+    that mounts the root filesystem at that path).
+
+    Run in a child that has its own mount namespace (and, for a /proc that
+    shows only the container, its own pid namespace, as PID 1 or below),
+    with CAP_SYS_ADMIN. On return, the cwd is ``/`` of the new root and the
+    host's tree is unmounted from this namespace.
+
+    Raises:
+        InvalidArgument: the image's /proc, /sys or /dev is a symlink or not
+            a directory; a volume destination that resolves into a reserved
+            place, through a dangling symlink, or to a different file kind.
+        KernelError / PermissionDenied: a mount the kernel refused (the
+            message names the container path).
+
+    Example::
+
+        enter_rootfs(RootfsPlan("/tmp/rootfs", read_only=True))
+    """
+    if isinstance(plan, (str, os.PathLike)):
+        mounter = None
+        if mount_root is not None:
+            if not callable(mount_root):
+                raise InvalidArgument("mount_root must be callable", field="mount_root", value=mount_root)
+            mounter = _call_without_path(mount_root)
+        plan = RootfsPlan(os.fspath(plan), mount_rootfs=mounter, read_only=read_only, volumes=tuple(volumes),
+                          cgroup=cgroup, nodev=nodev, files=dict(files or {}))
+    if not isinstance(plan, RootfsPlan):
+        raise InvalidArgument("enter_rootfs takes a RootfsPlan or a rootfs path", field="plan", value=plan)
+    # 1. Nothing we do may reach the host's mount namespace.
+    _mount(None, "/", None, C.MS_REC | C.MS_PRIVATE, what="/")
+    # 2. The root filesystem, as a mount point of its own.
+    if plan.mount_rootfs is not None:
+        os.makedirs(plan.rootfs, 0o755, exist_ok=True)
+        plan.mount_rootfs(plan.rootfs)
+    root = os.path.realpath(plan.rootfs)
+    if plan.mount_rootfs is None or not _is_mount_point(root):
+        _mount(root, root, None, C.MS_BIND, what=root)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if plan.nodev:
+            syscalls.mount_setattr(root_fd, syscalls.MOUNT_ATTR_NODEV)
+        # The image's kernel-filesystem directories are checked before any
+        # volume could change them.
+        kfds = {name: _kernel_dir(root_fd, name) for name in ("proc", "dev", "sys")}
+        try:
+            # 3. Volumes.
+            for vol in plan.volumes:
+                _mount_volume(root_fd, root, vol, plan.nodev)
+            # 4. Kernel filesystems.
+            _mount("proc", proc.fd_path(kfds["proc"]), "proc", _NOSUID_NODEV_NOEXEC, what="/proc")
+            _mount_dev(root, kfds["dev"])
+            _mount("sysfs", proc.fd_path(kfds["sys"]), "sysfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC, what="/sys")
+            _mount_files(root_fd, root, plan.files)
+        finally:
+            for fd in kfds.values():
+                os.close(fd)
+        _mount_cgroup(root, plan.cgroup)
+        # 5. Docker's masked and read-only paths.
+        for path in plan.masked_paths:
+            _mask(root, path)
+        for path in plan.readonly_paths:
+            _read_only(root, path)
+        # 6. Swap roots; the old one ends up stacked on "." and is detached.
+        os.fchdir(root_fd)
+    finally:
+        os.close(root_fd)
+    syscalls.pivot_root(".", ".")
+    syscalls.umount2(".", C.MNT_DETACH)
+    os.chdir("/")
+    # 7. A read-only root: only the root mount; volumes keep their own mode.
+    if plan.read_only:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            syscalls.mount_setattr(fd, syscalls.MOUNT_ATTR_RDONLY)
+        finally:
+            os.close(fd)
+
+
+def _call_without_path(fn: Callable[[], None]) -> Callable[[str], None]:
+    def mount(_path: str) -> None:
+        fn()
+
+    return mount
+
+
+def _is_mount_point(path: str) -> bool:
+    return any(m.mount_point == path for m in proc.mountinfo("self"))
+
+
+def describe_plan(plan: RootfsPlan) -> list[str]:
+    """The mounts :func:`enter_rootfs` will make, as readable lines (for docs and errors)."""
+    lines = [f"/ <- {plan.rootfs}" + (" (ro)" if plan.read_only else "")]
+    lines += [f"{v.destination} <- {v.source}" + (" (ro)" if v.read_only else "") for v in plan.volumes]
+    lines += ["/proc <- proc", "/dev <- tmpfs", "/sys <- sysfs (ro)", f"/sys/fs/cgroup ({plan.cgroup}, ro)"]
+    lines += [f"{p} masked" for p in plan.masked_paths] + [f"{p} read-only" for p in plan.readonly_paths]
+    return lines
+
