@@ -1,0 +1,1048 @@
+"""Containers: namespaces, a cgroup and a copy-on-write root, with Docker's
+isolation defaults.
+
+::
+
+    import pycontain
+    r = pycontain.run(["echo", "hi"], memory="64M")      # one shot
+    r.returncode, r.stdout
+
+    with pycontain.Container(command=["sleep", "30"], cpus=0.5) as c:
+        c.exec(["ps"])                                  # a second process inside
+        c.call(sum, [1, 2, 3])                          # Python inside, result back
+
+How a container comes to be (DESIGN.md §3): a single-threaded child of the
+caller joins the container's cgroup, unshares the pid, mnt, uts, ipc and
+net namespaces (the net namespace is made first when the container is on a
+network, so its veth is in place before anything runs), and becomes PID 1.
+There it mounts the root (an overlay: the image's layers, read-only, under a
+fresh writable layer), a new /proc, a minimal /dev and read-only /sys, masks
+Docker's masked paths, pivots into the root and detaches the old one, drops
+to Docker's default capabilities with no_new_privs and a seccomp filter, and
+then starts the command as its child: PID 1 stays a tiny init that reaps
+orphans and forwards signals, and leaves with the command's exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pycontain.container_config import ContainerConfig, make_config, parse_command, parse_env, parse_signal
+from pycontain.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PycontainError,
+    Timeout,
+)
+from pycontain.statedir import ensure_dir, read_json, state_dir, store_dir, validate_name, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from pycontain.cgroup import Cgroup
+    from pycontain.engine import Child
+    from pycontain.stats import Monitor
+
+#: The namespaces every container gets. "user" is opt-in (userns=True), as in
+#: Docker; "cgroup" hides the host's cgroup paths from /proc/self/cgroup.
+DEFAULT_NAMESPACES = frozenset({"mnt", "pid", "uts", "ipc", "net", "cgroup"})
+
+#: Exit status of a process killed by SIGKILL (the OOM killer's signal), as shells report it.
+EXIT_SIGKILL = 128 + signal.SIGKILL
+
+_ENV_DEFAULT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "xterm"}
+
+
+def _containers_dir() -> Path:
+    return state_dir() / "containers"
+
+
+def _layers_dir() -> Path:
+    return store_dir() / "containers"
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    oom_killed: bool
+    stats: pd.DataFrame
+    name: str = ""
+    wall_s: float = 0.0
+    usage: dict[str, float] = field(default_factory=dict)
+
+    def check_returncode(self) -> None:
+        """Raise :class:`ContainerFailed` if the command did not exit with 0."""
+        if self.returncode != 0:
+            raise ContainerFailed(self)
+
+
+class ContainerFailed(PycontainError):
+    """A command in a container exited with a non-zero status."""
+
+    def __init__(self, result: RunResult) -> None:
+        what = "was OOM-killed" if result.oom_killed else f"exited with {result.returncode}"
+        super().__init__(f"container {result.name} {what}", op="run", value=result.returncode,
+                         hint=(result.stderr.strip().splitlines() or [""])[-1][:200] or None)
+        self.result = result
+
+
+class Container:
+    """A Linux container: new namespaces, a cgroup with limits, a copy-on-write root.
+
+    Args:
+        image: an :class:`~pycontain.Image`, a tag in the store, or ``"host"``
+            (the host's root, read-only, under a fresh writable layer).
+        command: argv (list) or a string split like a shell would; defaults to
+            the image's entrypoint + cmd, or ``["sh"]``.
+        name: a unique name (letters, digits, ``_ . -``); generated if None.
+        memory, cpus, pids, cpuset: limits (``"512M"``, ``0.5``, ``64``, ``"0-1"``).
+        network: ``"none"`` (own net namespace, loopback only; the default),
+            ``"host"``, ``"bridge"``, or a :class:`~pycontain.Network`.
+        hostname, env, volumes, workdir, user: as in ``docker run``.
+        read_only: mount the root read-only.
+        cap_add, cap_drop: change Docker's default capability set.
+        seccomp: ``"default"`` (Docker's default filter), ``"unconfined"`` or a
+            path to a Docker-format JSON profile.
+        detach: outlive the creating process (otherwise the container dies with it).
+        ports: ``{host_port: container_port}``, served on 127.0.0.1.
+
+    Raises:
+        InvalidArgument: for any bad option, before anything is created.
+        AlreadyExists: the name is taken.
+
+    A Container is a context manager: ``with`` starts it (if not started)
+    and removes it at the end. ``status`` is one of "created", "running",
+    "paused", "exited".
+    """
+
+    def __init__(
+        self,
+        image: Any = "host",
+        command: Any = None,
+        name: str | None = None,
+        memory: Any = None,
+        cpus: Any = None,
+        pids: Any = None,
+        cpuset: Any = None,
+        network: Any = "none",
+        hostname: str | None = None,
+        env: Any = None,
+        volumes: Any = None,
+        workdir: str | None = None,
+        user: Any = None,
+        read_only: bool = False,
+        cap_add: Any = (),
+        cap_drop: Any = (),
+        seccomp: Any = "default",
+        detach: bool = False,
+        ports: Any = None,
+    ) -> None:
+        self.config: ContainerConfig = make_config(
+            image=image, command=command, name=name, memory=memory, cpus=cpus, pids=pids, cpuset=cpuset,
+            network=network, hostname=hostname, env=env, volumes=volumes, workdir=workdir, user=user,
+            read_only=read_only, cap_add=cap_add, cap_drop=cap_drop, seccomp=seccomp, detach=detach,
+            ports=ports,
+        )
+        self.name = self.config.name
+        self._state_path = _containers_dir() / self.name
+        self._child: Child | None = None
+        self._cgroup: Cgroup | None = None
+        self._rootfs: Any = None
+        self._network: Any = None
+        self._status = "created"
+        self._exit_code: int | None = None
+        self._removed = False
+        self._lock = threading.RLock()
+        self._confinement: Any = None
+        self._reserve()
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _reserve(self) -> None:
+        """Claim the name in the state directory (atomically: mkdir)."""
+        ensure_dir(_containers_dir())
+        try:
+            os.mkdir(self._state_path, 0o700)
+        except FileExistsError:
+            raise AlreadyExists("a container of that name exists", field="name", value=self.name,
+                                hint="pick another name, or remove the old one: pycontain rm NAME") from None
+        self._save()
+
+    def _save(self, **extra: Any) -> None:
+        data = {
+            "name": self.name,
+            "status": self._status,
+            "pid": self._child.pid if self._child is not None else None,
+            "creator_pid": os.getpid(),
+            "detach": self.config.detach,
+            "image": self.config.image if isinstance(self.config.image, str) else getattr(
+                self.config.image, "tag", None) or getattr(self.config.image, "digest", "?"),
+            "command": list(self.config.command) if self.config.command else None,
+            "created": getattr(self, "_created", None) or time.time(),
+            "exit_code": self._exit_code,
+            "cgroup": self._cgroup.name if self._cgroup is not None else None,
+            "memory": self.config.memory,
+            "cpus": self.config.cpus,
+            "pids_limit": self.config.pids,
+            "network": self.config.network if isinstance(self.config.network, str) else getattr(
+                self.config.network, "name", "?"),
+        }
+        self._created = data["created"]
+        data.update(extra)
+        if not self._removed:
+            write_json(self._state_path / "state.json", data)
+
+    @property
+    def status(self) -> str:
+        """"created", "running", "paused" or "exited"."""
+        with self._lock:
+            if self._status in ("running", "paused") and self._child is not None \
+                    and self._child.poll() is not None:
+                self._finish()
+            return self._status
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the container's PID 1 (None before start)."""
+        return self._child.pid if self._child is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once exited (128+N when killed by signal N)."""
+        self.status  # noqa: B018 - refreshes
+        return self._exit_code
+
+    @property
+    def cgroup(self) -> Cgroup | None:
+        """The container's :class:`~pycontain.Cgroup` (after start)."""
+        return self._cgroup
+
+    def __repr__(self) -> str:
+        return f"<Container {self.name} {self.status}>"
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self, *, stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> Container:
+        """Create the cgroup, root and namespaces and start the command.
+
+        ``stdout``/``stderr`` are file descriptors for the command's output
+        (default: the caller's). Returns ``self``.
+
+        Raises:
+            InvalidArgument: the container was started already.
+            KernelError, PermissionDenied: a setup step failed; nothing is left behind.
+        """
+        argv = self._argv()
+        return self._start(argv=argv, target=None, stdin=stdin, stdout=stdout, stderr=stderr)
+
+    def start_python(self, fn: Callable[..., Any], args: Sequence[Any] = (), *, stdout: int | None = None,
+                     stderr: int | None = None, pass_fds: Sequence[int] = ()) -> Container:
+        """Start the container with ``fn(*args)`` as its workload instead of a command.
+
+        The function runs in a fork of the caller, so it needs no Python in
+        the image; what it returns is its exit status (an int, or 0). Used by
+        ``%%container``.
+        """
+        return self._start(argv=None, target=(fn, tuple(args)), stdin=None, stdout=stdout, stderr=stderr,
+                           pass_fds=pass_fds)
+
+    def _argv(self) -> tuple[str, ...]:
+        if self.config.command:
+            return self.config.command
+        image = self._image_config()
+        argv = list(image.get("entrypoint") or []) + list(image.get("cmd") or [])
+        return parse_command(argv or ["sh"])
+
+    def _image_config(self) -> dict[str, Any]:
+        img = self.config.image
+        if isinstance(img, str):
+            if img == "host":
+                return {}
+            img = _resolve_image(img)
+        cfg = getattr(img, "config", None) or {}
+        return dict(cfg) if isinstance(cfg, dict) else {}
+
+    def _start(self, *, argv: Sequence[str] | None, target: tuple[Callable[..., Any], tuple[Any, ...]] | None,
+               stdin: int | None, stdout: int | None, stderr: int | None, pass_fds: Sequence[int] = ()) -> Container:
+        from pycontain.backends import hardening
+        from pycontain.cgroup import Cgroup
+        from pycontain.engine import ChildSpec, start
+
+        with self._lock:
+            if self._removed:
+                raise NotFound("the container was removed", field="name", value=self.name)
+            if self._status != "created":
+                raise InvalidArgument(f"the container is {self._status}, not created", field="status",
+                                      value=self._status, hint="make a new Container to run again")
+            cleanup = contextlib.ExitStack()
+            try:
+                # 1. the writable root
+                self._rootfs = _prepare_rootfs(self.config, self._layers_path())
+                cleanup.callback(self._rootfs.release)
+                # 2. the cgroup, with every limit
+                cg = Cgroup(self.name, memory=self.config.memory, cpus=self.config.cpus,
+                            pids=self.config.pids, cpuset=self.config.cpuset)
+                cleanup.callback(cg.remove)
+                self._cgroup = cg
+                # 3. the network namespace, made first when a network needs it
+                net = _prepare_network(self)
+                cleanup.callback(net.release)
+                self._network = net
+                new = set(DEFAULT_NAMESPACES)
+                join: list[tuple[str, str]] = []
+                if net.netns_path is not None:
+                    new.discard("net")
+                    join.append(("net", net.netns_path))
+                elif self.config.network == "host":
+                    new.discard("net")
+                image_cfg = self._image_config()
+                env = dict(_ENV_DEFAULT)
+                env.update(_image_env(image_cfg))
+                env.update(self.config.env)
+                env.setdefault("HOSTNAME", self.config.hostname or self.name[:63])
+                self._confinement = hardening.prepare(
+                    self.config.cap_add, self.config.cap_drop, self.config.seccomp,
+                    self.config.workdir or image_cfg.get("workdir") or "/",
+                    self.config.user or image_cfg.get("user") or None,
+                )
+                setup = _ChildSetup(
+                    rootfs=self._rootfs,
+                    config=self.config,
+                    confinement=self._confinement,
+                    hosts=net.hosts_file(self.config.hostname or self.name[:63]),
+                    loopback=self.config.network != "host",
+                )
+                spec = ChildSpec(
+                    target=_container_init,
+                    args=(setup, tuple(argv) if argv is not None else None, target, env),
+                    new=frozenset(new),
+                    join=tuple(join),
+                    cgroup_procs=tuple(cg.procs_files),
+                    hostname=self.config.hostname or self.name[:63],
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    pass_fds=tuple(pass_fds),
+                    pdeathsig=None if self.config.detach else signal.SIGKILL,
+                    preexec=setup.enter,
+                    env=env,
+                )
+                self._child = start(spec)
+                cleanup.pop_all()
+            except BaseException:
+                cleanup.close()
+                self._cgroup = None
+                self._rootfs = None
+                self._network = None
+                raise
+            self._status = "running"
+            self._save()
+            return self
+
+    def _layers_path(self) -> Path:
+        return _layers_dir() / self.name
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command to end; return its exit status (128+N if killed by signal N).
+
+        Raises:
+            Timeout: still running after ``timeout`` seconds.
+            InvalidArgument: never started.
+        """
+        child = self._need_child("wait")
+        try:
+            code = child.wait(timeout)
+        except Timeout:
+            raise Timeout(f"container {self.name} still running after {timeout} s", op="wait",
+                          field="timeout", value=timeout) from None
+        with self._lock:
+            self._finish()
+        return self._exit_code if self._exit_code is not None else _status_code(code)
+
+    def _finish(self) -> None:
+        """Record the exit; the cgroup stays (for stats) until remove()."""
+        if self._status == "exited" or self._child is None:
+            return
+        code = self._child.poll()
+        if code is None:
+            return
+        self._exit_code = _status_code(code)
+        self._status = "exited"
+        if self._cgroup is not None and self._cgroup.frozen:
+            self._cgroup.thaw()
+        self._save()
+
+    def _need_child(self, op: str) -> Child:
+        if self._child is None:
+            raise InvalidArgument(f"cannot {op}: the container was not started", field="status",
+                                  value=self._status, hint="call start() first")
+        return self._child
+
+    def kill(self, sig: Any = signal.SIGKILL) -> None:
+        """Send ``sig`` (default SIGKILL) to the container's PID 1, which forwards it.
+
+        SIGKILL ends every process of the container at once.
+
+        Raises:
+            InvalidArgument: unknown signal, or not started.
+        """
+        signum = parse_signal(sig)
+        child = self._need_child("kill")
+        if self.status == "exited":
+            return
+        if signum == signal.SIGKILL and self._cgroup is not None:
+            # Killing PID 1 kills the pid namespace; thaw first so a paused
+            # container can die (a frozen task cannot handle SIGKILL on v1).
+            if self._cgroup.frozen:
+                self._cgroup.thaw()
+        child.kill(signum)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; returns the exit status."""
+        if self._child is None or self.status == "exited":
+            return self._exit_code if self._exit_code is not None else 0
+        if self._cgroup is not None and self._cgroup.frozen:
+            self._cgroup.thaw()
+            self._status = "running"
+        self.kill(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except Timeout:
+            self.kill(signal.SIGKILL)
+            return self.wait()
+
+    def pause(self) -> None:
+        """Freeze every process of the container (the freezer controller)."""
+        if self.status != "running":
+            raise InvalidArgument(f"cannot pause a {self._status} container", field="status", value=self._status)
+        assert self._cgroup is not None
+        self._cgroup.freeze()
+        self._status = "paused"
+        self._save()
+
+    def resume(self) -> None:
+        """Thaw a paused container."""
+        if self.status != "paused":
+            raise InvalidArgument(f"cannot resume a {self._status} container", field="status", value=self._status)
+        assert self._cgroup is not None
+        self._cgroup.thaw()
+        self._status = "running"
+        self._save()
+
+    def remove(self, force: bool = False) -> None:
+        """Remove the container: its cgroup, writable layer, network and state.
+
+        A running container is killed first when ``force`` is true (the
+        context manager does that); otherwise removing it raises. Idempotent.
+        """
+        with self._lock:
+            if self._removed:
+                return
+            if self.status in ("running", "paused"):
+                if not force:
+                    raise InvalidArgument("the container is running", field="status", value=self._status,
+                                          hint="stop() it first, or remove(force=True)")
+                self.kill(signal.SIGKILL)
+                self.wait()
+            errors: list[BaseException] = []
+            for step in (self._release_cgroup, self._release_network, self._release_rootfs):
+                try:
+                    step()
+                except BaseException as e:  # keep going: leave as little as possible behind
+                    errors.append(e)
+            shutil.rmtree(self._state_path, ignore_errors=True)
+            self._removed = True
+            if errors:
+                raise errors[0]
+
+    def _release_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+
+    def _release_network(self) -> None:
+        if self._network is not None:
+            self._network.release()
+            self._network = None
+
+    def _release_rootfs(self) -> None:
+        if self._rootfs is not None:
+            self._rootfs.release()
+            self._rootfs = None
+        shutil.rmtree(self._layers_path(), ignore_errors=True)
+
+    def __enter__(self) -> Container:
+        if self._status == "created" and self._child is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove(force=True)
+
+    # -- inside ------------------------------------------------------------------------------------------
+
+    def _join_spec(self, **kw: Any) -> dict[str, Any]:
+        """ChildSpec fields to enter this running container (its namespaces and cgroup)."""
+        if self.status != "running":
+            raise InvalidArgument(f"cannot enter a {self._status} container", field="status", value=self._status,
+                                  hint="start() it (or resume() a paused one) first")
+        assert self._child is not None and self._cgroup is not None
+        pid = self._child.pid
+        kinds = [k for k in ("ipc", "uts", "net", "pid", "cgroup", "mnt") if k in DEFAULT_NAMESPACES]
+        if self.config.network == "host":
+            kinds.remove("net")
+        if self._network is not None and self._network.netns_path is not None:
+            kinds.remove("net")
+            kw.setdefault("join_extra", [("net", self._network.netns_path)])
+        join = [(k, f"/proc/{pid}/ns/{k}") for k in kinds] + kw.pop("join_extra", [])
+        return dict(join=tuple(join), cgroup_procs=tuple(self._cgroup.procs_files), **kw)
+
+    def exec(self, argv: Any, *, env: Any = None, workdir: str | None = None, stdin: int | None = None,
+             stdout: int | None = None, stderr: int | None = None, wait: bool = True,
+             timeout: float | None = None) -> Any:
+        """Run a new process inside the running container (its namespaces, cgroup
+        and restrictions). Returns the exit status, or the running
+        :class:`~pycontain.engine.Child` with ``wait=False``.
+
+        Raises:
+            InvalidArgument: bad argv, or the container is not running.
+        """
+        from pycontain.engine import ChildSpec, start
+
+        command = parse_command(argv, "argv")
+        full_env = dict(_ENV_DEFAULT)
+        full_env.update(self.config.env)
+        full_env.update(parse_env(env))
+        setup = _ExecSetup(self._exec_confinement(workdir))
+        child = start(ChildSpec(argv=command, env=full_env, stdin=stdin, stdout=stdout, stderr=stderr,
+                                preexec=setup.enter, **self._join_spec()))
+        if not wait:
+            return child
+        return _status_code(child.wait(timeout))
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` inside the running container and return its value.
+
+        The function runs in a new process in the container's namespaces,
+        cgroup and restrictions; it and its result cross by cloudpickle. An
+        exception inside is raised here with the remote traceback attached.
+        """
+        from pycontain.engine import ChildSpec, start
+
+        setup = _ExecSetup(self._exec_confinement(None))
+        child = start(ChildSpec(target=fn, args=args, kwargs=kwargs, preexec=setup.enter, **self._join_spec()))
+        try:
+            return child.result(timeout)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                child.wait()
+
+    def _exec_confinement(self, workdir: str | None) -> Any:
+        import dataclasses
+
+        conf = self._confinement
+        return dataclasses.replace(conf, workdir=workdir) if workdir else conf
+
+    # -- observing ----------------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, Any]:
+        """Resource usage so far as a dict (cgroup counters + ``oom_killed``)."""
+        data: dict[str, Any] = {}
+        if self._cgroup is not None:
+            try:
+                data.update(self._cgroup.stats_dict())
+            except PycontainError:
+                pass
+        data.update(self._net_counters())
+        kills = data.get("oom_kill_events", 0) or 0
+        data["oom_killed"] = bool(kills == kills and kills > 0)
+        return data
+
+    @property
+    def oom_killed(self) -> bool:
+        """True if the kernel's OOM killer killed a process of this container."""
+        return bool(self.usage()["oom_killed"])
+
+    def _net_counters(self) -> dict[str, float]:
+        if self._child is None or self.config.network == "host":
+            return {}
+        from pycontain.kernel.proc import net_dev
+
+        try:
+            devs = net_dev(self._child.pid)
+        except PycontainError:
+            return {}
+        rx = sum(d["rx_bytes"] for name, d in devs.items() if name != "lo")
+        tx = sum(d["tx_bytes"] for name, d in devs.items() if name != "lo")
+        rxp = sum(d["rx_packets"] for name, d in devs.items() if name != "lo")
+        txp = sum(d["tx_packets"] for name, d in devs.items() if name != "lo")
+        return {"net_rx_bytes": rx, "net_tx_bytes": tx, "net_rx_packets": rxp, "net_tx_packets": txp}
+
+    def _sample(self) -> dict[str, float]:
+        if self._cgroup is None:
+            raise NotFound("container has no cgroup", field="name", value=self.name)
+        data: dict[str, float] = self._cgroup.stats_dict()
+        data.update(self._net_counters())
+        return data
+
+    def stats(self, stream: bool = False, interval: float = 0.5) -> Any:
+        """Usage now as a pandas Series, or with ``stream=True`` an iterator of
+        monitor rows every ``interval`` s while the container lives."""
+        if stream:
+            from pycontain.stats import stream as _stream
+
+            return _stream(self._sample, interval)
+        import pandas as pd
+
+        return pd.Series(self.usage(), name=self.name)
+
+    def monitor(self, interval: float = 0.1) -> Monitor:
+        """Start a sampler whose ``.frame`` is a growing DataFrame of usage
+        (``t_s``, ``cpu_s``, ``cpu_percent``, ``mem_bytes``, ...)."""
+        from pycontain.stats import Monitor
+
+        return Monitor(self._sample, interval).start()
+
+    def posture(self) -> dict[str, Any]:
+        """What the container's PID 1 is confined by, read from /proc from outside:
+        namespaces, capabilities, seccomp mode, no_new_privs, mounts, limits."""
+        from pycontain.kernel import proc
+        from pycontain.kernel.syscalls import cap_names
+
+        child = self._need_child("inspect")
+        st = proc.status(child.pid)
+        host = proc.namespace_ids(1)
+        mine = proc.namespace_ids(child.pid)
+        return {
+            "namespaces": {k: ("own" if host.get(k) != v else "host") for k, v in mine.items()},
+            "capabilities": {s: cap_names(int(st[f"Cap{s.capitalize()[:3]}"], 16))
+                             for s in ("effective", "permitted", "inheritable", "bounding", "ambient")
+                             if f"Cap{s.capitalize()[:3]}" in st},
+            "seccomp": {"0": "disabled", "1": "strict", "2": "filter"}.get(st.get("Seccomp", ""), "?"),
+            "no_new_privs": st.get("NoNewPrivs") == "1",
+            "mounts": [(m.mount_point, m.fstype, ",".join(m.options)) for m in proc.mountinfo(child.pid)],
+            "limits": {"memory": self.config.memory, "cpus": self.config.cpus, "pids": self.config.pids,
+                       "cpuset": sorted(self.config.cpuset) if self.config.cpuset else None},
+        }
+
+
+def _status_code(code: int) -> int:
+    """Engine returncodes are negative for signals; containers report 128+N like shells."""
+    return 128 - code if code < 0 else code
+
+
+def _image_env(cfg: dict[str, Any]) -> dict[str, str]:
+    env = cfg.get("env") or {}
+    if isinstance(env, dict):
+        return {str(k): str(v) for k, v in env.items()}
+    out = {}
+    for item in env:
+        k, _, v = str(item).partition("=")
+        out[k] = v
+    return out
+
+
+def _resolve_image(tag: str) -> Any:
+    from pycontain.image import Image
+
+    return Image.get(tag) if hasattr(Image, "get") else Image.load(tag)
+
+
+# -- what the child does --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ChildSetup:
+    """Everything PID 1 needs to set up the container. Inherited by fork,
+    never pickled; the seccomp program was compiled in the caller."""
+
+    rootfs: Any
+    config: ContainerConfig
+    confinement: Any
+    hosts: str | None
+    loopback: bool
+
+    def enter(self) -> None:
+        """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening."""
+        from pycontain.backends import hardening, rootfs
+        from pycontain.kernel import syscalls
+
+        if self.loopback:
+            syscalls.interface_up("lo")
+        rootfs.enter_rootfs(
+            self.rootfs.target,
+            mount_root=self.rootfs.mount,
+            volumes=[(v.source, v.destination, v.read_only) for v in self.config.volumes],
+            read_only=self.config.read_only,
+            files={"/etc/hosts": self.hosts} if self.hosts else {},
+        )
+        hardening.confine(self.confinement)
+
+
+@dataclass
+class _ExecSetup:
+    """What an exec'd process does after joining the container's namespaces."""
+
+    confinement: Any
+
+    def enter(self) -> None:
+        from pycontain.backends import hardening
+
+        hardening.confine(self.confinement)
+
+
+_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+            signal.SIGWINCH, signal.SIGCONT)
+
+
+def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
+                    target: tuple[Callable[..., Any], tuple[Any, ...]] | None, env: dict[str, str]) -> None:
+    """PID 1 of the container: start the workload, reap everything, forward
+    signals, and leave with the workload's status. Never returns."""
+    workload = os.fork()
+    if workload == 0:
+        try:
+            for sig in _FORWARD:
+                signal.signal(sig, signal.SIG_DFL)
+            if argv is not None:
+                _exec_argv(argv, env)
+            assert target is not None
+            fn, args = target
+            result = fn(*args)
+            os._exit(result if isinstance(result, int) else 0)
+        except BaseException as e:  # report like a shell does, then exit 127/126/1
+            import traceback
+
+            code = 1
+            if isinstance(e, OSError) and e.errno == errno.ENOENT:
+                code = 127
+            elif isinstance(e, OSError) and e.errno == errno.EACCES:
+                code = 126
+            try:
+                os.write(2, f"pycontain: {''.join(traceback.format_exception_only(e)).strip()}\n".encode())
+            except OSError:
+                pass
+            os._exit(code)
+
+    def forward(sig: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(workload, sig)
+
+    for sig in _FORWARD:
+        signal.signal(sig, forward)
+    # Don't hold the workload's stdio open: a reader waiting for EOF on the
+    # workload's output must see it when the workload's side closes.
+    with contextlib.suppress(OSError):
+        fd = os.open("/dev/null", os.O_RDWR)
+        for i in (0, 1, 2):
+            os.dup2(fd, i)
+        os.close(fd)
+    status = 0
+    while True:
+        try:
+            pid, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+            continue
+        if pid == workload:
+            status = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+            break
+    os._exit(status)
+
+
+def _exec_argv(argv: tuple[str, ...], env: dict[str, str]) -> None:
+    program = argv[0]
+    paths = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
+    last: OSError | None = None
+    for path in paths:
+        try:
+            os.execve(path, list(argv), env)
+        except OSError as e:
+            if last is None or last.errno == errno.ENOENT:
+                last = e
+    raise last if last is not None else FileNotFoundError(errno.ENOENT, "not found", program)
+
+
+# -- root filesystem and network preparation (caller side) ------------------------------------------------
+
+
+class _HostRootfs:
+    """The host's root, read-only, under a fresh writable layer (the notebook default)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.upper = base / "upper"
+        self.work = base / "work"
+        self.target = str(base / "rootfs")
+        for d in (self.upper, self.work, Path(self.target)):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def mount(self) -> None:
+        """In the container's private mount namespace: overlay / under the upper dir."""
+        from pycontain.kernel import syscalls
+
+        syscalls.mount("overlay", self.target, "overlay", 0,
+                       f"lowerdir=/,upperdir={self.upper},workdir={self.work}")
+
+    def release(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class _ImageRootfs:
+    """An image's layers, through the store's storage driver."""
+
+    def __init__(self, image: Any, base: Path) -> None:
+        self.base = base
+        self.target = str(base / "rootfs")
+        self.plan = image.prepare_rootfs(base)
+        Path(self.target).mkdir(parents=True, exist_ok=True)
+
+    def mount(self) -> None:
+        self.plan.mount(self.target)
+
+    def release(self) -> None:
+        release = getattr(self.plan, "release", None)
+        if release is not None:
+            release()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _prepare_rootfs(config: ContainerConfig, base: Path) -> Any:
+    ensure_dir(base.parent)
+    if base.exists():
+        shutil.rmtree(base)
+    image = config.image
+    if image == "host":
+        return _HostRootfs(base)
+    if isinstance(image, str):
+        image = _resolve_image(image)
+    if getattr(image, "is_host", False):
+        return _HostRootfs(base)
+    return _ImageRootfs(image, base)
+
+
+class _NoNetwork:
+    """network="none"/"host": nothing to prepare outside the container."""
+
+    netns_path: str | None = None
+
+    def hosts_file(self, hostname: str) -> str | None:
+        return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+
+    def release(self) -> None:
+        pass
+
+
+def _prepare_network(container: Container) -> Any:
+    net = container.config.network
+    if net in ("none", "host"):
+        return _NoNetwork()
+    from pycontain.network import prepare_endpoint
+
+    return prepare_endpoint(container, net)
+
+
+# -- listing -------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _iter_states() -> Iterator[dict[str, Any]]:
+    root = _containers_dir()
+    if not root.is_dir():
+        return
+    for entry in sorted(root.iterdir()):
+        try:
+            yield read_json(entry / "state.json")
+        except (OSError, ValueError):
+            continue
+
+
+def containers(all: bool = True) -> pd.DataFrame:
+    """The containers in the state directory, seen from any process.
+
+    Columns: ``name``, ``status`` (as recorded, "exited" when its PID 1 is
+    gone), ``pid``, ``image``, ``command``, ``created``, ``creator_pid``,
+    ``orphan`` (its creator died and it was not detached), ``memory``,
+    ``cpus``. With ``all=False`` only running and paused ones.
+    """
+    import pandas as pd
+
+    rows = []
+    for st in _iter_states():
+        status = st.get("status")
+        if status in ("running", "paused") and not _alive(st.get("pid")):
+            status = "exited"
+        orphan = not st.get("detach") and not _alive(st.get("creator_pid"))
+        if not all and status not in ("running", "paused"):
+            continue
+        rows.append({
+            "name": st.get("name"), "status": status, "pid": st.get("pid"), "image": st.get("image"),
+            "command": " ".join(st.get("command") or []), "created": pd.to_datetime(st.get("created"), unit="s"),
+            "creator_pid": st.get("creator_pid"), "orphan": orphan, "memory": st.get("memory"),
+            "cpus": st.get("cpus"),
+        })
+    columns = ["name", "status", "pid", "image", "command", "created", "creator_pid", "orphan", "memory", "cpus"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cleanup_orphans() -> list[str]:
+    """Remove what crashed creators left behind: containers whose creator died
+    (and that were not detached) and whose PID 1 is gone. Returns their names."""
+    from pycontain.cgroup import Cgroup
+
+    removed = []
+    for st in list(_iter_states()):
+        name = st.get("name")
+        if not name or st.get("detach") or _alive(st.get("creator_pid")):
+            continue
+        pid = st.get("pid")
+        if _alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(PycontainError, OSError):
+            Cgroup.adopt(name).remove() if hasattr(Cgroup, "adopt") else None
+        shutil.rmtree(_layers_dir() / name, ignore_errors=True)
+        shutil.rmtree(_containers_dir() / name, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+# -- one shot -------------------------------------------------------------------------------------------
+
+
+def run(argv: Any, image: Any = "host", *, timeout: float | None = None,
+        on_stdout: Callable[[str], None] | None = None, on_stderr: Callable[[str], None] | None = None,
+        sample_interval: float = 0.1, **options: Any) -> RunResult:
+    """Run ``argv`` in a new container, wait, remove it, and return the result.
+
+    ``stdout`` and ``stderr`` are captured separately; ``on_stdout`` /
+    ``on_stderr`` get the text as it comes (live). ``options`` are
+    :class:`Container` keywords (``memory``, ``cpus``, ``network``, ...).
+    ``oom_killed`` is True (and ``returncode`` 137) when the OOM killer
+    struck; ``stats`` is a DataFrame of usage sampled every
+    ``sample_interval`` s.
+
+    Raises:
+        InvalidArgument: bad options (nothing is created).
+        Timeout: still running after ``timeout`` s (the container is removed).
+
+    Example::
+
+        r = pycontain.run(["sh", "-c", "echo hi"], memory="64M")
+        assert r.returncode == 0 and r.stdout == "hi\\n"
+    """
+    if options.get("detach"):
+        raise InvalidArgument("run() waits for the container; use Container(detach=True).start()",
+                              field="detach", value=True)
+    c = Container(image=image, command=argv, **options)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    t0 = time.monotonic()
+    readers: list[threading.Thread] = []
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    try:
+        try:
+            c.start(stdin=_devnull(), stdout=out_w, stderr=err_w)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        mon = c.monitor(sample_interval)
+        for fd, cb in ((out_r, on_stdout), (err_r, on_stderr)):
+            t = threading.Thread(target=_pump, args=(fd, chunks[fd], cb), daemon=True)
+            t.start()
+            readers.append(t)
+        try:
+            code = c.wait(timeout)
+        except Timeout:
+            c.kill()
+            c.wait()
+            raise
+        finally:
+            for t in readers:
+                t.join(5)
+            mon.stop()
+        usage = c.usage()
+        oom = bool(usage.get("oom_killed"))
+        return RunResult(
+            returncode=code, stdout=b"".join(chunks[out_r]).decode(errors="replace"),
+            stderr=b"".join(chunks[err_r]).decode(errors="replace"), oom_killed=oom, stats=mon.frame,
+            name=c.name, wall_s=time.monotonic() - t0, usage=usage,
+        )
+    finally:
+        c.remove(force=True)
+        for fd in (out_r, err_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_DEVNULL: int | None = None
+
+
+def _devnull() -> int:
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL
+
+
+def _pump(fd: int, sink: list[bytes], callback: Callable[[str], None] | None) -> None:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return
+        if not data:
+            if callback is not None:
+                tail = decoder.decode(b"", final=True)
+                if tail:
+                    callback(tail)
+            return
+        sink.append(data)
+        if callback is not None:
+            callback(decoder.decode(data))
+
+
+def get(name: str) -> dict[str, Any]:
+    """The recorded state of container ``name`` (any process's).
+
+    Raises:
+        NotFound: no such container.
+    """
+    validate_name(name)
+    try:
+        return dict(read_json(_containers_dir() / name / "state.json"))
+    except FileNotFoundError:
+        raise NotFound("no such container", field="name", value=name, hint="pycontain ps -a lists them") from None

@@ -1,0 +1,274 @@
+"""``%%container``: run a cell's Python code inside a container.
+
+The magic is thin (DESIGN.md §6): it parses its options, calls the public
+API (:class:`pycontain.Container`), and shows what comes back -- output and
+displays live and in order, the exception as the cell's error, a one-line
+summary, and a live plot of memory and CPU while the cell runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from pycontain.errors import InvalidArgument, PycontainError
+from pycontain.notebook.cell import CellEvents, RemoteCellError, cell_main, format_failed, pickle_inputs
+from pycontain.units import format_size
+
+#: How long a cell runs before the live monitor appears, and how often it redraws.
+MONITOR_DELAY_S = 1.0
+MONITOR_REDRAW_S = 0.5
+
+
+def _names(value: str | None, option: str) -> list[str]:
+    if not value:
+        return []
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    for n in names:
+        if not n.isidentifier():
+            raise UsageError(f"{option}: {n!r} is not a variable name")
+    return names
+
+
+@magics_class
+class ContainerMagics(Magics):
+    """The pycontain magics: ``%%container``, ``%container stop NAME``, ``%containers``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        #: persistent containers started with --name, by name
+        self.persistent: dict[str, Any] = {}
+
+    @magic_arguments()
+    @argument("--image", default="host", help="image tag, or 'host' (the host's root, copy-on-write)")
+    @argument("--memory", default=None, help="memory limit, e.g. 256M")
+    @argument("--cpus", default=None, help="CPU limit as a number of CPUs, e.g. 0.5")
+    @argument("--pids", default=None, help="limit on the number of processes")
+    @argument("--net", default="none", help="network: none (default), bridge or host")
+    @argument("--in", dest="inputs", default=None, help="variables to send in, comma separated")
+    @argument("--out", dest="outputs", default=None, help="variables to bring back, comma separated")
+    @argument("--snapshot", action="store_true", help="the cell sees every notebook variable, copy-on-write")
+    @argument("--name", default=None, help="keep a persistent container of this name across cells")
+    @argument("--timeout", type=float, default=None, help="stop the cell after this many seconds")
+    @argument("--stats", default=None, help="store the usage DataFrame in this variable")
+    @argument("--monitor", dest="monitor", action="store_true", default=None, help="always show the live plot")
+    @argument("--no-monitor", dest="monitor", action="store_false", help="never show the live plot")
+    @argument("--quiet", action="store_true", help="no summary line")
+    @argument("rest", nargs="*", help="with no cell: 'stop NAME' or 'ls'")
+    @line_cell_magic
+    def container(self, line: str, cell: str | None = None) -> Any:
+        """Run the cell inside a container (see ``%%container?``)."""
+        args = parse_argstring(self.container, line)
+        if cell is None:
+            return self._line_command(args.rest)
+        if args.rest:
+            raise UsageError(f"unexpected arguments: {' '.join(args.rest)}")
+        return run_cell(self.shell, cell, args, self.persistent)
+
+    @line_magic
+    def containers(self, line: str = "") -> Any:
+        """The containers pycontain knows, as a DataFrame."""
+        import pycontain
+
+        return pycontain.containers()
+
+    def _line_command(self, rest: list[str]) -> Any:
+        if rest[:1] == ["stop"] and len(rest) == 2:
+            name = rest[1]
+            c = self.persistent.pop(name, None)
+            if c is None:
+                raise UsageError(f"no persistent container named {name!r} in this kernel")
+            c.remove(force=True)
+            print(f"stopped {name}")
+            return None
+        if rest in ([], ["ls"]):
+            return self.containers()
+        raise UsageError("usage: %container stop NAME | %container ls")
+
+
+def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> None:
+    """Run ``cell`` per the parsed magic ``args``; the body of ``%%container``."""
+    from pycontain.container import Container
+
+    in_names = _names(args.inputs, "--in")
+    out_names = _names(args.outputs, "--out")
+    missing = [n for n in in_names if n not in shell.user_ns]
+    if missing:
+        raise UsageError(f"--in: not defined in the notebook: {', '.join(missing)}")
+    blob, failed = pickle_inputs(shell.user_ns, in_names)
+    if failed:
+        raise UsageError(format_failed(failed, "in"))
+    try:
+        container = Container(
+            image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, network=args.net,
+        )
+    except InvalidArgument as e:
+        raise UsageError(str(e)) from None
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    event_r, event_w = os.pipe()
+    namespace = shell.user_ns if args.snapshot else None
+    t0 = time.monotonic()
+    view = _LiveView(container, args)
+    outcome: dict[str, Any] = {}
+    try:
+        try:
+            container.start_python(
+                cell_main, (cell, blob, out_names, event_w, namespace),
+                stdout=stdout_w, stderr=stderr_w, pass_fds=(event_w,),
+            )
+        finally:
+            for fd in (stdout_w, stderr_w, event_w):
+                os.close(fd)
+        view.start()
+
+        def on_event(kind: str, payload: Any) -> None:
+            if kind == "display":
+                from IPython.display import publish_display_data
+
+                publish_display_data(payload["data"], payload["metadata"])
+            elif kind == "clear":
+                from IPython.display import clear_output
+
+                clear_output(wait=payload["wait"])
+            else:
+                outcome[kind] = payload
+
+        def on_tick() -> None:
+            if args.timeout is not None and time.monotonic() - t0 > args.timeout:
+                outcome.setdefault("timeout", args.timeout)
+                container.kill()
+            view.tick()
+
+        try:
+            CellEvents(stdout_r, stderr_r, event_r).pump(
+                lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+                lambda s: (sys.stderr.write(s), sys.stderr.flush()),
+                on_event,
+                on_tick,
+            )
+        except KeyboardInterrupt:
+            container.kill()
+            outcome["interrupted"] = True
+        code = container.wait()
+        view.stop()
+    except PycontainError as e:
+        container.remove(force=True)
+        raise UsageError(str(e)) from None
+    finally:
+        for fd in (stdout_r, stderr_r, event_r):
+            os.close(fd)
+    wall = time.monotonic() - t0
+    usage = container.usage()
+    container.remove(force=True)
+    if args.stats:
+        shell.user_ns[args.stats] = view.frame()
+    if "outputs" in outcome:
+        import cloudpickle
+
+        values = cloudpickle.loads(outcome["outputs"]["values"])
+        shell.user_ns.update(values)
+        if outcome["outputs"]["failed"]:
+            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    line = _summary(code, wall, usage, outcome)
+    if line and (not args.quiet or code != 0):
+        print(line, file=sys.stderr if code else sys.stdout)
+    if "error" in outcome:
+        err = outcome["error"]
+        raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
+    if outcome.get("interrupted"):
+        raise KeyboardInterrupt
+
+
+def _summary(code: int, wall: float, usage: dict[str, Any], outcome: dict[str, Any]) -> str:
+    peak = usage.get("mem_peak_bytes")
+    peak_s = format_size(int(peak)) if peak == peak and peak is not None else "?"
+    cpu = usage.get("cpu_s")
+    cpu_s = f"{cpu:.2f} s CPU" if cpu == cpu and cpu is not None else "? CPU"
+    if usage.get("oom_killed"):
+        return f"OOM: killed at {peak_s} (peak), {cpu_s}, after {wall:.1f} s"
+    if "timeout" in outcome:
+        return f"timeout: stopped after {outcome['timeout']:g} s, peak {peak_s}, {cpu_s}"
+    if outcome.get("interrupted"):
+        return f"interrupted: container stopped after {wall:.1f} s, peak {peak_s}, {cpu_s}"
+    return f"container: {wall:.2f} s wall, {cpu_s}, peak {peak_s}, exit {code}"
+
+
+class _LiveView:
+    """The live memory/CPU plot: appears after MONITOR_DELAY_S, redraws at most
+    every MONITOR_REDRAW_S, and stays as a static plot at the end (also under
+    nbconvert/nbval, where update_display_data is applied to the saved output)."""
+
+    def __init__(self, container: Any, args: Any) -> None:
+        self.container = container
+        self.args = args
+        self.monitor: Any = None
+        self.handle: Any = None
+        self.t_start = 0.0
+        self.last_draw = 0.0
+
+    def start(self) -> None:
+        self.t_start = time.monotonic()
+        self.monitor = self.container.monitor(interval=0.1)
+
+    def tick(self) -> None:
+        if self.args.monitor is False or self.monitor is None:
+            return
+        now = time.monotonic()
+        if self.args.monitor is not True and now - self.t_start < MONITOR_DELAY_S:
+            return
+        if now - self.last_draw < MONITOR_REDRAW_S:
+            return
+        self.last_draw = now
+        self._draw()
+
+    def _draw(self) -> None:
+        from IPython.display import display
+
+        bundle = _plot_bundle(self.monitor.frame, self.container)
+        if self.handle is None:
+            self.handle = display(bundle, raw=True, display_id=True)
+        else:
+            self.handle.update(bundle, raw=True)
+
+    def stop(self) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.stop()
+        if self.handle is not None or self.args.monitor is True:
+            self._draw()
+
+    def frame(self) -> Any:
+        if self.monitor is None:
+            import pandas as pd
+
+            from pycontain.stats import COLUMNS
+
+            return pd.DataFrame(columns=list(COLUMNS))
+        return self.monitor.frame
+
+
+def _plot_bundle(frame: Any, container: Any) -> dict[str, str]:
+    # A bare Figure renders with Agg on savefig without touching pyplot, so
+    # the kernel's own matplotlib backend is left alone.
+    from matplotlib.figure import Figure
+
+    from pycontain.notebook.cell import figure_bundle
+    from pycontain.notebook.plot import plot
+
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    plot(frame, ax=ax, title=f"container {container.name}: memory and CPU",
+         cpu_limit=getattr(container.config, "cpus", None))
+    return figure_bundle(fig)
+
+
+def register(ipython: Any) -> None:
+    """Register the magics with an IPython shell (``%load_ext pycontain``)."""
+    ipython.register_magics(ContainerMagics)
