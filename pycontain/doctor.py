@@ -203,14 +203,30 @@ def _has_module(name: str) -> bool:
 
 
 def _module_version(name: str) -> str | None:
-    if not _has_module(name):
-        return None
-    try:
-        from importlib.metadata import PackageNotFoundError, version
+    """The installed version of top-level package ``name``; "" if unknown, None if absent.
 
-        return version(name)
-    except (ImportError, PackageNotFoundError):
+    Read from the ``<name>-<version>.dist-info`` directory beside the package
+    rather than importlib.metadata, which scans every distribution on
+    sys.path and would cost doctor tens of milliseconds.
+    """
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    where = list(spec.submodule_search_locations or []) or [spec.origin or ""]
+    site_dir = os.path.dirname(where[0])
+    prefix = name.replace("-", "_") + "-"
+    try:
+        entries = os.listdir(site_dir)
+    except OSError:
         return ""
+    for entry in entries:
+        for suffix in (".dist-info", ".egg-info"):
+            if entry.startswith(prefix) and entry.endswith(suffix):
+                return entry[len(prefix) : -len(suffix)]
+    return ""
 
 
 # -- the report ---------------------------------------------------------------------
@@ -602,7 +618,12 @@ def _controller_check(f: HostFacts, info: ControllerInfo, label: str, root: bool
             hint = f"pycontain mounts it at {where} when needed"
         else:
             hint = f"only root can mount it (mount -t cgroup -o {name} {name} {where})"
-        return Check("cgroups", label, "limited", "present in the kernel, not mounted", hint)
+        detail = "present in the kernel, not mounted"
+        if info.hierarchy:
+            # /proc/cgroups is global: a hierarchy id without a mount here means
+            # another mount namespace (a container, a test) has it mounted.
+            detail += f" here (its v1 hierarchy {info.hierarchy} is mounted in another mount namespace)"
+        return Check("cgroups", label, "limited", detail, hint)
     hier = f.kernel_controllers.get(name)
     if hier is not None and not hier[1]:
         return Check("cgroups", label, "missing", "in the kernel but disabled (cgroup_disable= on the command line?)",

@@ -124,9 +124,27 @@ def seccomp_actions() -> tuple[str, ...]:
         return ()
 
 
+#: Where distributions put shared libraries; checked before asking ldconfig.
+_LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+             "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib", "/usr/local/lib")
+
+
 def find_libseccomp() -> str | None:
-    """The soname of libseccomp if the dynamic loader can find it, else None."""
-    import ctypes.util  # lazy: find_library runs ldconfig, only doctor needs it
+    """The file name of libseccomp's shared library if installed, else None.
+
+    Looks in the usual library directories first (a directory listing);
+    only if that fails asks ctypes.util.find_library, which runs ldconfig
+    and costs tens of milliseconds.
+    """
+    for directory in _LIB_DIRS:
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        found = sorted(e for e in entries if e.startswith("libseccomp.so."))
+        if found:
+            return found[0]
+    import ctypes.util  # lazy and last: find_library spawns ldconfig
 
     try:
         return ctypes.util.find_library("seccomp")
@@ -168,11 +186,13 @@ _NS_LINK = {kind: kind for kind in C.NAMESPACE_KINDS} | {
 }
 
 
-def _run_forked(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``fn`` in a forked process and return the dict it produced.
+def _fork_probe(fn: Callable[[], dict[str, Any]]) -> tuple[int, int]:
+    """Start ``fn`` in a forked process; return (pid, read end of its result pipe).
 
     Only called inside the single-threaded probe interpreter, never in a
-    caller's process (forking a threaded process is unsafe).
+    caller's process (forking a threaded process is unsafe). Results are a few
+    hundred bytes, far below a pipe's buffer, so a probe never blocks on its
+    write and all probes can run at once.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -193,6 +213,11 @@ def _run_forked(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         finally:
             os._exit(code)
     os.close(w)
+    return pid, r
+
+
+def _collect(pid: int, r: int) -> dict[str, Any]:
+    """Read a forked probe's result and reap it."""
     chunks = []
     while True:
         chunk = os.read(r, 65536)
@@ -205,6 +230,11 @@ def _run_forked(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return dict(json.loads(b"".join(chunks)))
     except ValueError:
         return {"ok": False, "errno": None, "error": f"probe process died (wait status {status})"}
+
+
+def _run_forked(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn`` in a forked process and return the dict it produced."""
+    return _collect(*_fork_probe(fn))
 
 
 def _ns_inode(kind: str) -> int:
@@ -326,16 +356,25 @@ def _child_main() -> None:
     import tempfile
 
     out: dict[str, Any] = {"namespaces": {}, "overlay": None}
-    for kind in C.NAMESPACE_KINDS:
-        out["namespaces"][kind] = _run_forked(functools.partial(_probe_namespace, kind))
+    tmp = None
     try:
         tmp = tempfile.mkdtemp(prefix="pycontain-doctor-")
     except OSError as e:
         out["overlay"] = {"ok": False, "step": "temp dir", "errno": e.errno, "error": str(e)}
-    else:
-        try:
-            out["overlay"] = _run_forked(lambda: _probe_overlay(tmp))
-        finally:
+    # All probes run at once: they are independent processes, and the doctor's
+    # answer time is then the slowest probe, not the sum of them.
+    running = {kind: _fork_probe(functools.partial(_probe_namespace, kind)) for kind in C.NAMESPACE_KINDS}
+    if tmp is not None:
+        running["overlay"] = _fork_probe(functools.partial(_probe_overlay, tmp))
+    try:
+        for name, (pid, r) in running.items():
+            result = _collect(pid, r)
+            if name == "overlay":
+                out["overlay"] = result
+            else:
+                out["namespaces"][name] = result
+    finally:
+        if tmp is not None:
             # Empty on the host side: everything was made inside the tmpfs of
             # the probe's private mount namespace, which died with it.
             try:

@@ -125,6 +125,15 @@ def test_hybrid_host_rows() -> None:
         r.check("perf_event")
 
 
+def test_controller_mounted_in_another_namespace() -> None:
+    facts = hybrid_facts()
+    facts.kernel_controllers = {**facts.kernel_controllers, "net_cls": (10, True)}
+    row = assess(facts)["net_cls"]
+    assert row.status == "limited"
+    assert row.detail.startswith("present in the kernel, not mounted here")
+    assert "another mount namespace" in row.detail
+
+
 def test_every_row_is_well_formed() -> None:
     for facts in (hybrid_facts(), v2_facts(), nonroot_facts(), hybrid_facts(probe={"error": "boom"})):
         r = assess(facts)
