@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_NAME",
     "DEFAULT_SUBNET",
+    "Attachment",
     "Endpoint",
     "Network",
     "PortForward",
@@ -71,6 +72,9 @@ __all__ = [
     "networks",
     "parse_ports",
     "parse_rate",
+    "prepare_endpoint",
+    "publish",
+    "connect",
     "resolve_network",
     "setup_loopback",
     "shape_classid",
@@ -85,9 +89,9 @@ DEFAULT_SUBNET = "10.213.0.0/24"
 RESERVED_NAMES = frozenset({"none", "host", DEFAULT_NAME})
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
-# A host name as /etc/hosts and resolvers accept it (RFC 1123 labels).
-_HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
+# A name in /etc/hosts: a container name (Docker's rule), which glibc's
+# files backend resolves as is (it does not enforce RFC 1123).
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _RATE_RE = re.compile(r"(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>bit|kbit|mbit|gbit)?\Z", re.IGNORECASE)
 _RATE_UNITS = {"": 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 MIN_RATE_BITS = 8_000
@@ -105,8 +109,8 @@ def _check_name(value: Any, field: str = "name") -> str:
 
 def _check_hostname(value: Any, field: str = "name") -> str:
     if not isinstance(value, str) or not _HOSTNAME_RE.match(value):
-        raise InvalidArgument("invalid host name for /etc/hosts", field=field, value=value,
-                              hint="letters, digits and '-' in dot-separated labels of at most 63 characters")
+        raise InvalidArgument("invalid container name for /etc/hosts", field=field, value=value,
+                              hint="1-128 characters: letters, digits, '_', '.', '-'; starting with a letter or digit")
     return value
 
 
@@ -228,7 +232,9 @@ def veth_name(network: str, endpoint: str) -> str:
 
 
 def _state_dir() -> str:
-    return os.path.join(os.environ.get("PYCONTAIN_STATE_DIR") or "/run/pycontain", "networks")
+    from pycontain.statedir import state_dir
+
+    return os.path.join(state_dir(), "networks")
 
 
 @contextlib.contextmanager
@@ -790,3 +796,171 @@ def _parse_classid(value: Any) -> int:
     if not 0 < cid <= 0xFFFFFFFF or cid >> 16 in (0, 0xFFFF) or cid & 0xFFFF == 0:
         raise InvalidArgument("invalid classid", field="classid", value=value, hint=hint)
     return cid
+
+
+@dataclass
+class Attachment:
+    """What :func:`connect` or :func:`prepare_endpoint` set up for one container.
+
+    ``mode`` is ``"none"``, ``"host"`` or ``"network"``; ``endpoint`` and
+    ``network`` are set for ``"network"``; ``forwards`` are the published
+    ports; ``netns_path`` is the network namespace file the container joins
+    when pycontain made the namespace itself (:func:`prepare_endpoint`).
+    :meth:`release` undoes everything, idempotent.
+    """
+
+    mode: str
+    network: Network | None = None
+    endpoint: Endpoint | None = None
+    forwards: tuple[PortForward, ...] = ()
+    netns_path: str | None = None
+
+    @property
+    def ip(self) -> str | None:
+        """The container's address on its network (None for "none"/"host")."""
+        return self.endpoint.ip if self.endpoint else None
+
+    @property
+    def hosts_path(self) -> str | None:
+        """The network's live hosts file (see :attr:`Network.hosts_path`)."""
+        return self.network.hosts_path if self.network else None
+
+    def hosts_file(self, hostname: str | None = None) -> str:
+        """``/etc/hosts`` for the container: its network's members, and its own ``hostname``."""
+        members = {}
+        if self.network is not None:
+            members = {e.name: e.ip for e in self.network.endpoints()}
+        text = hosts_content(members)
+        if hostname and hostname not in members:
+            text += f"{self.ip or '127.0.1.1'}\t{hostname}\n"
+        return text
+
+    def counters(self) -> dict[str, int] | None:
+        """rx/tx bytes and packets of the container's endpoint (None without one)."""
+        return self.endpoint.counters() if self.endpoint else None
+
+    def release(self) -> None:
+        """Stop the port forwards, leave the network, release the netns file. Idempotent."""
+        for pf in self.forwards:
+            pf.close()
+        if self.network is not None and self.endpoint is not None:
+            self.network.detach(self.endpoint)
+        if self.netns_path is not None:
+            from pycontain.kernel import nsfs
+
+            nsfs.unbind_namespace(self.netns_path)
+            self.netns_path = None
+
+    close = release
+
+
+def _check_network_arg(network: Any, ports: Any, bandwidth: Any) -> tuple[list[tuple[int, int]], int | None]:
+    pairs = parse_ports(ports)
+    bits = None if bandwidth is None else parse_rate(bandwidth, "bandwidth")
+    if isinstance(network, str) and network in ("none", "host"):
+        if pairs:
+            raise InvalidArgument(f"ports need a network; network={network!r} has none to forward to",
+                                  field="ports", value=ports, hint='use network="bridge" or a pycontain.Network')
+        if bits is not None:
+            raise InvalidArgument(f"a bandwidth limit needs a network, not network={network!r}",
+                                  field="bandwidth", value=bandwidth)
+    return pairs, bits
+
+
+def _resolve(network: Any) -> str | Network:
+    if isinstance(network, str) and network not in ("none", "host", DEFAULT_NAME):
+        return Network.get(network)
+    return resolve_network(network)
+
+
+def connect(netns: netlink.NetnsRef | None, network: Any, name: str, ports: Any = None,
+            bandwidth: int | str | None = None) -> Attachment:
+    """Give the netns ``netns`` the network ``network=`` asks for.
+
+    * ``"none"``: ``lo`` up in ``netns``, nothing else;
+    * ``"host"``: nothing (the container shares the host's netns; ``netns`` is ignored);
+    * ``"bridge"``, a network's name or a :class:`Network`: :meth:`Network.attach`
+      as ``name``, then ``bandwidth`` (:meth:`Endpoint.limit_bandwidth`, both
+      directions) and ``ports`` (:func:`publish`).
+
+    All arguments are checked before anything is changed, and a failure
+    half-way undoes what was done.
+
+    Raises:
+        InvalidArgument: a bad ``network``, ``ports`` or ``bandwidth``, or
+            ports/bandwidth with "none"/"host" (nothing to forward to).
+        NotFound: no network of that name.
+        Busy: a host port is in use.
+        AlreadyExists: ``name`` is taken on the network.
+
+    Example::
+
+        att = connect(child.pid, "bridge", "web", ports={8080: 80})
+        ...
+        att.release()
+    """
+    _pairs, bits = _check_network_arg(network, ports, bandwidth)
+    _check_hostname(name)
+    resolved = _resolve(network)
+    if resolved == "host":
+        return Attachment("host")
+    if netns is None:
+        raise InvalidArgument("a network namespace is needed", field="netns", value=None,
+                              hint='only network="host" runs without one')
+    if resolved == "none":
+        setup_loopback(netns)
+        return Attachment("none")
+    assert isinstance(resolved, Network)
+    ep = resolved.attach(netns, name=name)
+    att = Attachment("network", network=resolved, endpoint=ep)
+    try:
+        if bits is not None:
+            ep.limit_bandwidth(bits)
+        att.forwards = tuple(publish(ep, ports))
+    except BaseException:
+        att.release()
+        raise
+    return att
+
+
+def _idle() -> None:
+    return None
+
+
+def prepare_endpoint(container: Any, network: Any) -> Attachment:
+    """Make a container's network before the container starts (Container's hook).
+
+    Creates a network namespace (kept in a file under the state dir), puts
+    it on ``network`` as ``container.name`` with ``container.config.ports``
+    published (and ``container.config.bandwidth`` if the config has one), and
+    returns the :class:`Attachment`: the container joins
+    ``attachment.netns_path``, writes ``attachment.hosts_file(hostname)`` to
+    its ``/etc/hosts``, and calls ``attachment.release()`` when removed.
+
+    Raises:
+        as :func:`connect`; nothing is left behind on failure.
+    """
+    import secrets
+
+    from pycontain.engine import ChildSpec, start
+
+    config = container.config
+    ports = getattr(config, "ports", None) or None
+    bandwidth = getattr(config, "bandwidth", None)
+    _check_network_arg(network, ports, bandwidth)
+    name = _check_hostname(container.name)
+    resolved = _resolve(network)
+    if isinstance(resolved, str):
+        # "host": nothing to make; "none": the container unshares its own netns.
+        return Attachment(resolved)
+    path = os.path.join(_state_dir(), "netns", f"{name}-{secrets.token_hex(4)}")
+    start(ChildSpec(target=_idle, new={"net"}, persist={"net": path})).result(timeout=30)
+    try:
+        att = connect(path, resolved, name, ports=ports, bandwidth=bandwidth)
+    except BaseException:
+        from pycontain.kernel import nsfs
+
+        nsfs.unbind_namespace(path)
+        raise
+    att.netns_path = path
+    return att

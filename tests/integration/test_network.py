@@ -466,3 +466,62 @@ def test_shape_classid_limits_only_the_classified_cgroup(net: pcnet.Network, mak
     print(f"classified {rates[0] / 1e6:.2f} Mbit/s, unclassified {rates[1] / 1e6:.2f} Mbit/s (class rate 10)")
     assert abs(rates[0] - 10e6) <= 0.2 * 10e6, rates
     assert rates[1] > 3 * 10e6, rates
+
+
+# -- the Container hook -------------------------------------------------------------------------
+
+
+def test_prepare_endpoint_makes_netns_network_and_ports(net: pcnet.Network) -> None:
+    from types import SimpleNamespace
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    fake = SimpleNamespace(name="web", config=SimpleNamespace(ports={host_port: 80}))
+    att = pcnet.prepare_endpoint(fake, net)
+    try:
+        assert att.mode == "network" and att.netns_path and os.path.exists(att.netns_path)
+        assert att.ip in {str(h) for h in net.subnet.hosts()}
+        assert f"{att.ip}\tweb" in att.hosts_file("web").splitlines()
+        assert f"{att.ip}\talias" in att.hosts_file("alias").splitlines()
+        server = run_in(att.netns_path, _echo_server, 80)
+        assert _ask(("127.0.0.1", host_port), b"x") == b"pong:x"
+        server.result(timeout=10)
+        counters = att.counters()
+        assert counters is not None and counters["rx_bytes"] > 0 and counters["tx_bytes"] > 0
+        # The name is taken on the network while the first one holds it.
+        with pytest.raises(AlreadyExists):
+            pcnet.prepare_endpoint(SimpleNamespace(name="web", config=SimpleNamespace(ports={})), net)
+    finally:
+        path = att.netns_path
+        att.release()
+        att.release()
+    assert path is not None and not os.path.exists(path)
+    assert net.endpoints() == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", host_port), timeout=2)
+
+
+def test_connect_none_host_and_bad_combinations(net: pcnet.Network, make_netns) -> None:  # type: ignore[no-untyped-def]
+    ns = make_netns("n")
+    att = pcnet.connect(ns, "none", "solo")
+    assert att.mode == "none" and att.ip is None
+    assert netlink.link_names(ns) == ["lo"]
+    assert pcnet.connect(None, "host", "h").mode == "host"
+    with pytest.raises(InvalidArgument) as e:
+        pcnet.connect(ns, "none", "solo", ports={8080: 80})
+    assert e.value.field == "ports"
+    with pytest.raises(InvalidArgument) as e:
+        pcnet.connect(ns, "host", "solo", bandwidth="1mbit")
+    assert e.value.field == "bandwidth"
+    with pytest.raises(InvalidArgument) as e:
+        pcnet.connect(ns, net, "solo", ports={8080: 70000})
+    assert e.value.field == "ports"
+    from pycontain.errors import NotFound
+
+    with pytest.raises(NotFound):
+        pcnet.connect(ns, "no-such-net", "solo")
+    att = pcnet.connect(ns, "itest", "named", bandwidth="30mbit")
+    assert att.network == net and netlink.qdiscs(att.endpoint.ifname) == ["tbf"]  # type: ignore[union-attr]
+    att.release()
+    assert net.endpoints() == []
