@@ -167,7 +167,7 @@ class HostFacts:
         if child is not None:
             facts.probe = child.result(timeout=timeout)
         else:
-            facts.probe = {"error": "not probed (doctor(probe=False))"}
+            facts.probe = {"error": "skipped (doctor(probe=False))"}
         return facts
 
     def to_dict(self) -> dict[str, Any]:
@@ -469,6 +469,10 @@ def _privileges(f: HostFacts) -> list[Check]:
     return out
 
 
+_PROBE_HINT = ("run pycontain.doctor() with probe=True (the default); the probe runs in a child "
+               "process started from sys.executable, which must be executable by this user")
+
+
 def _probe_error(f: HostFacts) -> str | None:
     err = f.probe.get("error")
     return str(err) if err else None
@@ -483,7 +487,7 @@ def _namespaces(f: HostFacts) -> list[Check]:
         r = results.get(kind)
         if err or r is None:
             out.append(Check("namespaces", kind, "unknown", f"not probed: {err or 'no result'}",
-                             "run pycontain.doctor() again; the probe runs in a child Python process"))
+                             _PROBE_HINT))
             continue
         if r.get("ok"):
             out.append(Check("namespaces", kind, "ok", f"unshare works: {what}"))
@@ -641,7 +645,7 @@ def _storage(f: HostFacts) -> list[Check]:
         out.append(Check("storage", "overlayfs", "unknown",
                          f"not probed: {err or 'no result'}; overlay "
                          + ("is" if listed else "is not") + " in /proc/filesystems",
-                         "run pycontain.doctor() again"))
+                         _PROBE_HINT))
     elif r.get("ok"):
         how = "in a user namespace (rootless)" if r.get("userns") else "in a private mount namespace"
         out.append(Check("storage", "overlayfs", "ok", f"overlay mounts and copies up {how}"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -200,6 +201,14 @@ def _fork_probe(fn: Callable[[], dict[str, Any]]) -> tuple[int, int]:
         code = 0
         try:
             os.close(r)
+            # A stuck probe must neither outlive the probe interpreter (killed
+            # on timeout) nor hold its stdout open, which the caller reads to EOF.
+            from pycontain.kernel import syscalls
+
+            syscalls.set_pdeathsig(signal.SIGKILL)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
             try:
                 result = fn()
             except PycontainError as e:
@@ -436,7 +445,11 @@ class ProbeChild:
             out, err = self._proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            self._proc.communicate()
+            self._proc.wait()
+            # Don't read the pipes to EOF: a descendant might still hold them.
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
             return {"error": f"probe did not finish within {timeout:g} s"}
         if self._proc.returncode != 0:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -341,7 +343,7 @@ def test_module_and_function_are_both_callable(first: str) -> None:
 def test_gather_without_probe_never_raises() -> None:
     facts = HostFacts.gather(run_probe=False)
     assert facts.euid == os.geteuid()
-    assert "not probed" in facts.probe["error"]
+    assert "skipped" in facts.probe["error"]
     r = assess(facts)
     assert r["mnt"].status == "unknown"
 
@@ -380,6 +382,23 @@ def test_probe_child_failures_are_reported(tmp_path: Any) -> None:
     slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
     result = ProbeChild.start(executable=str(slow)).result(timeout=0.3)
     assert "did not finish" in result["error"]
+
+    # A descendant that keeps the probe's stdout open must not hang doctor.
+    holder = tmp_path / "holding-python"
+    pidfile = tmp_path / "holder.pid"
+    holder.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nexec sleep 30\n")
+    holder.chmod(holder.stat().st_mode | stat.S_IXUSR)
+    t0 = time.monotonic()
+    try:
+        result = ProbeChild.start(executable=str(holder)).result(timeout=0.5)
+        assert time.monotonic() - t0 < 5
+        assert "did not finish" in result["error"]
+    finally:
+        for _ in range(50):
+            if pidfile.exists() and pidfile.read_text().strip():
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                break
+            time.sleep(0.05)
 
     failing = tmp_path / "failing-python"
     failing.write_text("#!/bin/sh\necho 'Traceback: boom' >&2\nexit 3\n")
