@@ -1,0 +1,1 @@
+"""Benchmarks: pycontain against crun, runc, podman and bubblewrap (see README.md)."""

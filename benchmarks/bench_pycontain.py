@@ -1,0 +1,175 @@
+"""pycontain's own cases, beside the peers'.
+
+What exists is measured; what does not yet is listed as skipped with "not
+implemented yet", so a later session only fills in the function named in the
+reason (same group names as the peers, so the runner interleaves them and
+takes ratios pair by pair):
+
+* start-warm / start-idle: ``pycontain engine (no rootfs)``: fork, 5 new
+  namespaces (pid net ipc uts mnt), exec /bin/true, wait: an early lower
+  bound while no rootfs, overlay or cgroup is set up; ``pycontain`` (a full
+  container: busybox rootfs, 5 namespaces, cgroup) once ``pycontain.Container``
+  exists.
+* exec, memory, build-cold, build-cached: once Container / Image exist.
+* stats: ``pycontain.Cgroup(...).stats()`` (pandas Series) and
+  ``stats_dict()`` (the sampler's hot path) on a cgroup of this run.
+* cell: a plain cell through a real Jupyter kernel (jupyter_client +
+  ipykernel) as the reference, and the same cell under ``%%container`` once
+  the magic exists: the difference is the magic's overhead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.measure import Case, skipped
+from benchmarks.peers import Workspace
+
+NOT_YET = "not implemented yet"
+FIVE = frozenset({"pid", "net", "ipc", "uts", "mnt"})
+
+
+def _has(module: str, name: str | None = None) -> bool:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return False
+        if name is None:
+            return True
+        return hasattr(importlib.import_module(module), name)
+    except Exception:
+        return False
+
+
+def _gap_for(group: str) -> Callable[[], None] | None:
+    from benchmarks.bench_start import _gap
+
+    return _gap if group == "start-idle" else None
+
+
+def _engine_case(group: str) -> Case:
+    from pycontain.engine import ChildSpec, start
+
+    spec = ChildSpec(argv=["/bin/true"], new=FIVE)
+
+    def run() -> None:
+        status = start(spec).wait()
+        if status != 0:
+            raise RuntimeError(f"/bin/true exited {status}")
+
+    return Case("pycontain engine (no rootfs)", group, run=run, before=_gap_for(group), warmup=3,
+                note="pycontain.engine.start(ChildSpec(argv=['/bin/true'], new=5 namespaces)).wait(); in-process")
+
+
+def _container_start(ws: Workspace, group: str) -> Case:
+    # Fill in when pycontain.Container exists: the same work as the peers,
+    # /bin/true in ws.rootfs with pid/net/ipc/uts/mnt namespaces and a cgroup
+    # under ws.cgroup_parent, removed after each run.
+    return skipped("pycontain", group, f"{NOT_YET}: fill in bench_pycontain._container_start")
+
+
+def _stats_cases(ws: Workspace) -> list[Case]:
+    from pycontain import Cgroup
+
+    holder: dict[str, Any] = {}
+
+    def setup() -> None:
+        if "cg" not in holder:
+            holder["cg"] = Cgroup(f"stats-{os.getpid()}", parent=ws.cgroup_parent.lstrip("/"))
+
+    def teardown() -> None:
+        cg = holder.pop("cg", None)
+        if cg is not None:
+            cg.remove()
+
+    def series() -> None:
+        holder["cg"].stats()
+
+    def plain() -> None:
+        holder["cg"].stats_dict()
+
+    ws.on_close(teardown)
+    return [
+        Case("pycontain Cgroup.stats()", "stats", run=series, setup=setup, teardown=teardown, warmup=3,
+             note="pandas Series from the cgroup's own files"),
+        Case("pycontain Cgroup.stats_dict()", "stats", run=plain, setup=setup, warmup=3,
+             note="plain dict, the live sampler's hot path"),
+    ]
+
+
+class _Kernel:
+    """A real Jupyter kernel (ipykernel) driven by jupyter_client."""
+
+    def __init__(self) -> None:
+        self.km: Any = None
+        self.kc: Any = None
+
+    def start(self) -> None:
+        if self.km is not None:
+            return
+        from jupyter_client.manager import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def execute(self, code: str) -> None:
+        reply = self.kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"cell failed: {reply['content'].get('ename')}: {reply['content'].get('evalue')}")
+
+    def stop(self) -> None:
+        if self.kc is not None:
+            self.kc.stop_channels()
+        if self.km is not None:
+            self.km.shutdown_kernel(now=True)
+        self.km = self.kc = None
+
+
+def _cell_cases(ws: Workspace) -> list[Case]:
+    if not _has("jupyter_client") or not _has("ipykernel"):
+        return [skipped("plain cell", "cell", "jupyter_client/ipykernel not installed")]
+    kernel = _Kernel()
+    ws.on_close(kernel.stop)
+    out = [
+        Case("plain cell", "cell", run=lambda: kernel.execute("pass"), setup=kernel.start, teardown=kernel.stop,
+             warmup=3, note="reference: `pass` executed by a real ipykernel, round trip through jupyter_client"),
+    ]
+    if _has("pycontain.notebook.magics"):
+        def setup_magic() -> None:
+            kernel.start()
+            kernel.execute("%load_ext pycontain")
+
+        out.append(Case("%%container cell", "cell", run=lambda: kernel.execute("%%container\npass"),
+                        setup=setup_magic, warmup=2,
+                        note="`%%container` + `pass` in the same kernel; minus `plain cell` = the magic's overhead"))
+    else:
+        out.append(skipped("%%container cell", "cell", f"{NOT_YET}: pycontain.notebook.magics is missing"))
+    return out
+
+
+def cases(ws: Workspace) -> list[Case]:
+    out: list[Case] = []
+    has_engine = _has("pycontain.engine", "start") and _has("pycontain.engine", "ChildSpec")
+    has_container = _has("pycontain.container", "Container")
+    for group in ("start-warm", "start-idle"):
+        out.append(_engine_case(group) if has_engine else skipped(
+            "pycontain engine (no rootfs)", group, f"{NOT_YET}: pycontain.engine is missing"))
+        out.append(_container_start(ws, group) if has_container else skipped(
+            "pycontain", group, f"{NOT_YET}: pycontain.Container is missing"))
+    for group in ("exec", "memory", "build-cold", "build-cached"):
+        unit = "MiB" if group == "memory" else "ms"
+        needs = "pycontain.Image" if group.startswith("build") else "pycontain.Container"
+        out.append(skipped("pycontain", group, f"{NOT_YET}: needs {needs}; fill in bench_pycontain", unit=unit))
+    if _has("pycontain.cgroup", "Cgroup"):
+        out.extend(_stats_cases(ws))
+    else:
+        out.append(skipped("pycontain Cgroup.stats()", "stats", f"{NOT_YET}: pycontain.Cgroup is missing"))
+    out.extend(_cell_cases(ws))
+    return out

@@ -1,0 +1,705 @@
+"""The peers' side: install them, build what they run, run them, clean up.
+
+A :class:`Workspace` owns everything one benchmark run makes:
+
+* a busybox rootfs (``/bin/busybox`` from Debian's busybox-static plus one
+  symlink per applet) and its tarball;
+* one OCI bundle per crun/runc container id (``config.json`` only: its
+  ``root.path`` points at the shared, read-only rootfs), with the five
+  namespaces pid/net/ipc/uts/mnt and a cgroup under the run's own parent
+  ``/pycontain/bench-<pid>`` in every hierarchy;
+* a private podman store (graphroot, runroot, tmp dir, containers.conf and
+  storage.conf under the workspace: nothing touches the host's podman store),
+  with the rootfs imported as ``localhost/pycontain-bench/busybox``;
+* the bwrap command line;
+* a private mount namespace where ``/sys/fs/cgroup/unified`` is covered by a
+  tmpfs. crun 1.8 refuses hybrid cgroups ("cgroups in hybrid mode not
+  supported, drop all controllers from cgroupv2"); in that namespace it sees
+  pure v1. crun, and podman (which runs crun), run there; the tmpfs exists in
+  no other namespace. The namespace is kept alive by an open fd, and every
+  command that needs it joins it with setns(2) between fork and exec.
+
+Every command of every peer is started the same way (fork, a tiny
+``preexec_fn``, exec), so the launch cost is the same for all of them.
+
+``Workspace.close()`` removes all of it: containers (``delete -f``, ``rm -f``),
+the podman store, the namespace, the files, and every cgroup directory under
+the run's parent; it then checks the cgroup tree and the host paths the peers
+like to create (``/run/crun``, ``/run/runc``, ``/run/libpod``,
+``/var/lib/containers``) and reports what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Debian package that provides each peer's command.
+PEER_PACKAGES: dict[str, tuple[str, str]] = {
+    "crun": ("crun", "crun"),
+    "runc": ("runc", "runc"),
+    "podman": ("podman", "podman"),
+    "bwrap": ("bwrap", "bubblewrap"),
+    "busybox": ("busybox", "busybox-static"),
+}
+
+IMAGE = "localhost/pycontain-bench/busybox:latest"
+CGROUP_ROOT = "/sys/fs/cgroup"
+# Host paths crun/runc/podman create on first use even with private state
+# dirs (crun's default --root is used by podman's cleanup "exit command";
+# containers/image keeps a blob cache in /var/lib/containers/cache).
+HOST_PATHS = ("/run/crun", "/run/runc", "/run/libpod", "/var/lib/containers", "/run/containers")
+NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+
+_CLONE_NEWNS = 0x00020000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+class PeerError(RuntimeError):
+    """A peer command failed; the message carries its argv and stderr tail."""
+
+
+def _log_default(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def ensure_installed(install: bool = True, log: Callable[[str], None] = _log_default) -> dict[str, str]:
+    """Install missing peers from Debian; return {peer: reason} for those still missing.
+
+    Needs root and apt-get; with ``install=False`` only reports.
+    """
+    missing = {p: pkg for p, (cmd, pkg) in PEER_PACKAGES.items() if _which(cmd) is None}
+    if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        pkgs = sorted(set(missing.values()))
+        log(f"installing from Debian: {' '.join(pkgs)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+            env=env,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+        missing = {p: pkg for p, (cmd, pkg) in PEER_PACKAGES.items() if _which(cmd) is None}
+    return {p: f"{PEER_PACKAGES[p][0]} not found (Debian package {pkg})" for p, pkg in missing.items()}
+
+
+def _which(cmd: str) -> str | None:
+    found = shutil.which(cmd)
+    if found is None and cmd == "busybox" and os.access("/bin/busybox", os.X_OK):
+        return "/bin/busybox"
+    return found
+
+
+def cgroup_mode() -> str:
+    """"v2", "hybrid" (v1 controllers + cgroup2 at unified/), "v1" or "none"."""
+    types: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            types[left.split()[4]] = right.split()[0]
+    root = types.get(CGROUP_ROOT)
+    if root == "cgroup2":
+        return "v2"
+    if any(t == "cgroup" for t in types.values()):
+        return "hybrid" if types.get(CGROUP_ROOT + "/unified") == "cgroup2" else "v1"
+    return "none"
+
+
+def hierarchies() -> list[str]:
+    """Mounted cgroup hierarchy directories (v1 controllers, unified/, or the v2 root)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4]
+            if right.split()[0] in ("cgroup", "cgroup2") and point.startswith(CGROUP_ROOT):
+                out.append(point)
+    return sorted(set(out))
+
+
+def cgroup_dirs() -> set[str]:
+    """Every cgroup directory on the host (to diff before/after a run)."""
+    out: set[str] = set()
+    for h in hierarchies():
+        for dirpath, _dirs, _files in os.walk(h):
+            out.add(dirpath)
+    return out
+
+
+def oci_config(
+    rootfs: str, args: Sequence[str], cgroups_path: str, hostname: str = "bench"
+) -> dict[str, Any]:
+    """An OCI runtime config like ``crun spec``'s, with no terminal and a read-only root."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(args),
+            "env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": min(1024, nofile), "soft": min(1024, nofile)}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": rootfs, "readonly": True},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+            },
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "cgroupsPath": cgroups_path,
+            "namespaces": [{"type": t} for t in NAMESPACES],
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+
+
+def build_rootfs(dest: str, busybox: str) -> None:
+    """A minimal busybox rootfs at ``dest``: /bin/busybox + relative applet links."""
+    for d in ("bin", "dev", "etc", "proc", "sys", "tmp", "root", "run"):
+        os.makedirs(os.path.join(dest, d), exist_ok=True)
+    os.chmod(os.path.join(dest, "tmp"), 0o1777)
+    shutil.copy2(busybox, os.path.join(dest, "bin", "busybox"))
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for name in applets:
+        link = os.path.join(dest, "bin", name)
+        if name != "busybox" and not os.path.lexists(link):
+            os.symlink("busybox", link)
+    with open(os.path.join(dest, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    with open(os.path.join(dest, "etc", "group"), "w") as f:
+        f.write("root:x:0:\nnogroup:x:65534:\n")
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are alive now."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        if os.path.exists(f"/proc/{p}"):
+            out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+def memory_of(pids: Sequence[int]) -> dict[str, float]:
+    """Summed Pss and Rss (KiB) of ``pids`` from /proc/PID/smaps_rollup."""
+    total = {"pss_kib": 0.0, "rss_kib": 0.0, "processes": 0.0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                text = f.read()
+        except OSError:
+            continue
+        total["processes"] += 1
+        for line in text.splitlines():
+            key, _, rest = line.partition(":")
+            if key == "Pss":
+                total["pss_kib"] += float(rest.split()[0])
+            elif key == "Rss":
+                total["rss_kib"] += float(rest.split()[0])
+    return total
+
+
+@dataclass
+class Workspace:
+    """Everything one benchmark run makes, and the one place that removes it.
+
+    Bench modules get it in ``cases(ws)``. Useful attributes: ``rootfs``,
+    ``cgroup_parent`` ("/pycontain/bench-<pid>", relative to each hierarchy
+    root), ``quick``, ``missing`` ({peer: reason}); methods ``run()``,
+    ``crun()``, ``runc()``, ``podman()``, ``bwrap_argv()``, ``bundle()``,
+    ``spawn()``, ``on_close()``.
+    """
+
+    quick: bool = False
+    missing: dict[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] = _log_default
+    root: str = ""
+    rootfs: str = ""
+    tarball: str = ""
+    cgroup_parent: str = ""
+    mode: str = ""
+    _ns_fd: int | None = None
+    _started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+    _host_before: dict[str, bool] = field(default_factory=dict)
+    _pycontain_before: set[str] = field(default_factory=set)
+    _podman_ready: bool = False
+    leftovers: dict[str, list[str]] = field(default_factory=dict)
+
+    # -- life cycle ---------------------------------------------------------
+
+    def open(self) -> Workspace:
+        """Make the rootfs, the private mount namespace and the state dirs."""
+        self._host_before = {p: os.path.lexists(p) for p in HOST_PATHS}
+        self._pycontain_before = {h for h in hierarchies() if os.path.isdir(os.path.join(h, "pycontain"))}
+        self.mode = cgroup_mode()
+        self.cgroup_parent = f"/pycontain/bench-{os.getpid()}"
+        # /var/tmp is on the root fs here (overlay-capable); the workspace holds
+        # the podman store, which overlay cannot stack on tmpfs or overlay.
+        self.root = tempfile.mkdtemp(prefix="pycontain-bench-", dir="/var/tmp")
+        for d in ("state/crun", "state/runc", "bundles", "tmp", "podman/tmp"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        busybox = _which("busybox")
+        if busybox is None:
+            raise PeerError("busybox-static is needed for the benchmark rootfs")
+        self.rootfs = os.path.join(self.root, "rootfs")
+        build_rootfs(self.rootfs, busybox)
+        self.tarball = os.path.join(self.root, "rootfs.tar")
+        with tarfile.open(self.tarball, "w") as tar:
+            for entry in sorted(os.listdir(self.rootfs)):
+                tar.add(os.path.join(self.rootfs, entry), arcname=entry)
+        self._open_namespace()
+        return self
+
+    def __enter__(self) -> Workspace:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at close(), before the workspace itself is removed (LIFO)."""
+        self._closers.append(fn)
+
+    def _open_namespace(self) -> None:
+        # A private mount namespace for crun and podman. On a hybrid host a tmpfs
+        # covers /sys/fs/cgroup/unified there, so crun sees pure v1. (crun then
+        # treats unified/ as a named hierarchy and writes small files into the
+        # tmpfs; they vanish with the namespace.) The shell
+        # prints once the mount is done; the fd we open keeps the namespace
+        # alive after the holder process is gone.
+        cover = (
+            "mount -t tmpfs -o size=16m,mode=0755 pycontain-bench-nocg2 /sys/fs/cgroup/unified && "
+            if self.mode == "hybrid"
+            else ""
+        )
+        holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", cover + "echo ready && exec sleep 600"],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            assert holder.stdout is not None
+            line = holder.stdout.readline()
+            if line.strip() != b"ready":
+                raise PeerError("could not make the private mount namespace for crun (unshare/mount failed)")
+            self._ns_fd = os.open(f"/proc/{holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            holder.kill()
+            holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
+
+    def close(self) -> None:
+        """Remove every container, state dir, cgroup and file this run made."""
+        for fn in reversed(self._closers):
+            with _suppress_and_log(self.log, "closer"):
+                fn()
+        self._closers.clear()
+        if self._podman_ready:
+            with _suppress_and_log(self.log, "podman rm"):
+                self.podman("rm", "--all", "--force", "--time", "0", check=False)
+            # conmon and podman's "container cleanup" exit commands outlive the
+            # podman commands that started them; they name our store in argv.
+            self._reap_strays(os.path.join(self.podman_dir, "store"))
+        for runtime in ("crun", "runc"):
+            state = os.path.join(self.root, "state", runtime)
+            if runtime in self.missing or not os.path.isdir(state):
+                continue
+            for cid in os.listdir(state):
+                with _suppress_and_log(self.log, f"{runtime} delete {cid}"):
+                    self._runtime(runtime, "delete", "--force", cid, check=False)
+        for p in self._started:
+            if p.poll() is None:
+                for pid in reversed(descendants(p.pid)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                p.wait(timeout=10)
+        self._started.clear()
+        if self._ns_fd is not None:
+            os.close(self._ns_fd)
+            self._ns_fd = None
+        if self.root:
+            _rmtree(self.root, self.log)
+        self._remove_cgroups()
+        self._remove_host_paths()
+        self.leftovers = self.check_leftovers()
+
+    def _reap_strays(self, marker: str, seconds: float = 10.0) -> None:
+        """Wait for processes whose argv mentions ``marker`` (ours), then kill them."""
+        deadline = time.monotonic() + seconds
+        while True:
+            strays = _pids_mentioning(marker)
+            if not strays:
+                return
+            if time.monotonic() > deadline:
+                self.log(f"  ! killing leftover peer processes {strays}")
+                for pid in strays:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.2)
+                return
+            time.sleep(0.05)
+
+    def _remove_cgroups(self) -> None:
+        if not self.cgroup_parent:
+            return
+        rel = self.cgroup_parent.lstrip("/")
+        for h in hierarchies():
+            top = os.path.join(h, rel)
+            if not os.path.isdir(top):
+                continue
+            dirs = [d for d, _s, _f in os.walk(top)]
+            for d in sorted(dirs, key=len, reverse=True):
+                _rmdir_retry(d)
+        # The shared parent: only where this run created it; rmdir refuses if
+        # someone else put a child there meanwhile, which is what we want.
+        for h in hierarchies():
+            if h not in self._pycontain_before:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(h, "pycontain"))
+
+    def _remove_host_paths(self) -> None:
+        for path, existed in self._host_before.items():
+            if existed or not os.path.isdir(path):
+                continue
+            # Only the empty dirs and the blob-info cache the peers make on
+            # first use; anything else is not ours and stays (and is reported).
+            for dirpath, _dirs, files in os.walk(path, topdown=False):
+                for name in files:
+                    if name.startswith(("blob-info-cache", "alive", "events.log")):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(dirpath, name))
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+    def check_leftovers(self) -> dict[str, list[str]]:
+        """What this run left on the host (should be nothing)."""
+        rel = self.cgroup_parent.lstrip("/")
+        cgroups = sorted(
+            os.path.join(h, rel) for h in hierarchies() if rel and os.path.exists(os.path.join(h, rel))
+        )
+        mounts = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                if self.root and self.root in line or "pycontain-bench-nocg2" in line:
+                    mounts.append(line.split()[4])
+        host = [p for p, existed in self._host_before.items() if not existed and os.path.lexists(p)]
+        files = [self.root] if self.root and os.path.exists(self.root) else []
+        return {"cgroups": cgroups, "mounts": mounts, "host_paths": host, "files": files}
+
+    # -- running commands ---------------------------------------------------
+
+    def _preexec(self, view: str, cwd: str) -> Callable[[], None]:
+        fd = self._ns_fd
+
+        def enter_private() -> None:
+            # Between fork and exec, in the single-threaded child.
+            if fd is not None and _libc.setns(fd, _CLONE_NEWNS) != 0:
+                os._exit(121)
+            os.chdir(cwd)  # setns(CLONE_NEWNS) moved cwd to the namespace's root
+
+        def nothing() -> None:
+            os.chdir(cwd)  # same fork path and cost for every peer
+
+        return enter_private if view == "private" else nothing
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        view: str = "host",
+        check: bool = True,
+        timeout: float = 120,
+        capture: bool = False,
+        env: dict[str, str] | None = None,
+        detached: bool = False,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` to completion, in the host's or the private mount namespace.
+
+        ``detached``: the command leaves a process behind that inherits its
+        stdio (``run -d``), so stdout/stderr go to a file, never to a pipe we
+        would wait on. Raises PeerError (with stderr) when ``check`` and it fails.
+        """
+        cwd = self.root or "/"
+        errfile = None
+        if detached:
+            errfile = open(os.path.join(self.root, "tmp", "detached.err"), "w+b")
+        try:
+            proc = subprocess.run(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture and not detached else subprocess.DEVNULL,
+                stderr=errfile if errfile is not None else subprocess.PIPE,
+                preexec_fn=self._preexec(view, cwd),
+                cwd=cwd,
+                timeout=timeout,
+                env=env,
+            )
+            if errfile is not None:
+                errfile.seek(0)
+                proc.stderr = errfile.read()
+        finally:
+            if errfile is not None:
+                errfile.close()
+        if check and proc.returncode != 0:
+            tail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-5:]
+            raise PeerError(f"{' '.join(argv)} -> exit {proc.returncode}: {' | '.join(tail)}")
+        return proc
+
+    def spawn(self, argv: Sequence[str], *, view: str = "host") -> subprocess.Popen[bytes]:
+        """Start ``argv`` in the background; close() kills it and its descendants."""
+        cwd = self.root or "/"
+        p = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=self._preexec(view, cwd),
+            cwd=cwd,
+        )
+        self._started.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes]) -> None:
+        """Kill a process started by spawn() and everything under it."""
+        for pid in reversed(descendants(p.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        with contextlib.suppress(ValueError):
+            self._started.remove(p)
+
+    # -- crun / runc ----------------------------------------------------------
+
+    def bundle(self, runtime: str, cid: str, args: Sequence[str]) -> str:
+        """An OCI bundle dir for container ``cid``: its config.json only.
+
+        The cgroup is ``<cgroup_parent>/<cid>`` in every hierarchy.
+        """
+        path = os.path.join(self.root, "bundles", cid)
+        os.makedirs(path, exist_ok=True)
+        config = oci_config(self.rootfs, args, f"{self.cgroup_parent}/{cid}")
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+        return path
+
+    def _runtime(self, runtime: str, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        view = "private" if runtime == "crun" else "host"
+        state = os.path.join(self.root, "state", runtime)
+        return self.run([runtime, "--root", state, *args], view=view, **kw)
+
+    def runtime_argv(self, runtime: str, *args: str) -> list[str]:
+        return [runtime, "--root", os.path.join(self.root, "state", runtime), *args]
+
+    def runtime_view(self, runtime: str) -> str:
+        """crun runs in the private namespace (pure v1 view); runc on the host."""
+        return "private" if runtime == "crun" else "host"
+
+    def crun(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        return self._runtime("crun", *args, **kw)
+
+    def runc(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        return self._runtime("runc", *args, **kw)
+
+    def container_pid(self, runtime: str, cid: str) -> int:
+        out = self._runtime(runtime, "state", cid, capture=True).stdout
+        return int(json.loads(out)["pid"])
+
+    # -- podman ---------------------------------------------------------------
+
+    @property
+    def podman_dir(self) -> str:
+        return os.path.join(self.root, "podman")
+
+    def podman_env(self) -> dict[str, str]:
+        d = self.podman_dir
+        return dict(
+            os.environ,
+            CONTAINERS_CONF=os.path.join(d, "containers.conf"),
+            CONTAINERS_STORAGE_CONF=os.path.join(d, "storage.conf"),
+            CONTAINERS_REGISTRIES_CONF=os.path.join(d, "registries.conf"),
+            TMPDIR=os.path.join(self.root, "tmp"),
+        )
+
+    def podman_argv(self, *args: str) -> list[str]:
+        # No --runtime-flag root=...: podman's cleanup ("exit command") does not
+        # pass it on, so its `crun delete` would miss the container and leave
+        # the libpod-<id> cgroups behind. crun keeps its state in /run/crun.
+        return ["podman", *args]
+
+    def podman_run_flags(self, cgroup: str = "podman") -> list[str]:
+        # This sandbox has no CAP_SYS_RESOURCE: podman's default nofile/nproc
+        # limits (1048576) cannot be set; pass small ones (nofile as in the
+        # OCI bundles of crun/runc).
+        nofile = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[1])
+        return [
+            "--network=none",
+            "--pull=never",
+            "--ulimit",
+            f"nofile={nofile}:{nofile}",
+            "--ulimit",
+            f"nproc={nproc}:{nproc}",
+            f"--cgroup-parent={self.cgroup_parent}/{cgroup}",
+        ]
+
+    def podman(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        kw.setdefault("env", self.podman_env())
+        return self.run(self.podman_argv(*args), view="private", **kw)
+
+    def ensure_podman(self) -> None:
+        """Write the private podman config and import the rootfs as IMAGE (once)."""
+        if self._podman_ready:
+            return
+        d = self.podman_dir
+        for sub in ("store", "run", "tmp", "cni"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        with open(os.path.join(d, "containers.conf"), "w") as f:
+            f.write(
+                "[engine]\n"
+                f'tmp_dir = "{d}/tmp"\n'
+                'events_logger = "file"\n'
+                f'events_logfile_path = "{d}/tmp/events.log"\n'
+                'cgroup_manager = "cgroupfs"\n'
+                f'volume_path = "{d}/store/volumes"\n'
+                'runtime = "crun"\n'
+                "[network]\n"
+                f'network_config_dir = "{d}/cni"\n'
+            )
+        with open(os.path.join(d, "storage.conf"), "w") as f:
+            f.write(f'[storage]\ndriver = "overlay"\ngraphroot = "{d}/store"\nrunroot = "{d}/run"\n')
+        with open(os.path.join(d, "registries.conf"), "w") as f:
+            f.write("unqualified-search-registries = []\n")
+        self._podman_ready = True
+        self.podman("import", "--quiet", "--change", "CMD=/bin/sh", self.tarball, IMAGE, timeout=120)
+
+    # -- bubblewrap -------------------------------------------------------------
+
+    def bwrap_argv(self, *cmd: str) -> list[str]:
+        return [
+            "bwrap", "--unshare-all", "--ro-bind", self.rootfs, "/", "--proc", "/proc", "--dev", "/dev",
+            "--hostname", "bench", *cmd,
+        ]
+
+
+class _suppress_and_log(contextlib.AbstractContextManager[None]):
+    def __init__(self, log: Callable[[str], None], what: str) -> None:
+        self.log, self.what = log, what
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            self.log(f"  ! cleanup ({self.what}): {exc!r}")
+            return True
+        return False
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    me = os.getpid()
+    out = []
+    needle = marker.encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    out.append(int(name))
+        except OSError:
+            continue
+    return out
+
+
+def _rmdir_retry(path: str, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            # EBUSY while the last task of the cgroup is still exiting.
+            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+
+def _rmtree(path: str, log: Callable[[str], None]) -> None:
+    def onerror(fn: Any, p: str, exc: Any) -> None:
+        log(f"  ! could not remove {p}: {exc[1]!r}")
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+@contextlib.contextmanager
+def workspace(**kw: Any) -> Iterator[Workspace]:
+    ws = Workspace(**kw)
+    try:
+        yield ws.open()
+    finally:
+        ws.close()
