@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import signal
 import threading
@@ -159,6 +160,9 @@ class Container:
             ports=ports,
         )
         self.name = self.config.name
+        #: unique per container even across state directories: the cgroup
+        #: tree is shared by every pycontain user of the host.
+        self.id = secrets.token_hex(8)
         self._state_path = _containers_dir() / self.name
         self._child: Child | None = None
         self._cgroup: Cgroup | None = None
@@ -186,6 +190,7 @@ class Container:
     def _save(self, **extra: Any) -> None:
         data = {
             "name": self.name,
+            "id": self.id,
             "status": self._status,
             "pid": self._child.pid if self._child is not None else None,
             "creator_pid": os.getpid(),
@@ -295,7 +300,7 @@ class Container:
                 self._rootfs = _prepare_rootfs(self.config, self._layers_path())
                 cleanup.callback(self._rootfs.release)
                 # 2. the cgroup, with every limit
-                cg = Cgroup(self.name, memory=self.config.memory, cpus=self.config.cpus,
+                cg = Cgroup(f"{self.name}-{self.id[:8]}", memory=self.config.memory, cpus=self.config.cpus,
                             pids=self.config.pids, cpuset=self.config.cpuset)
                 cleanup.callback(cg.remove)
                 self._cgroup = cg
@@ -929,8 +934,10 @@ def cleanup_orphans() -> list[str]:
         if _alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(PycontainError, OSError):
-            Cgroup.adopt(name).remove() if hasattr(Cgroup, "adopt") else None
+        cgroup_name = st.get("cgroup")
+        if cgroup_name and hasattr(Cgroup, "open"):
+            with contextlib.suppress(PycontainError, OSError):
+                Cgroup.open(cgroup_name).remove()
         shutil.rmtree(_layers_dir() / name, ignore_errors=True)
         shutil.rmtree(_containers_dir() / name, ignore_errors=True)
         removed.append(name)
@@ -971,9 +978,11 @@ def run(argv: Any, image: Any = "host", *, timeout: float | None = None,
     readers: list[threading.Thread] = []
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     try:
+        devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            c.start(stdin=_devnull(), stdout=out_w, stderr=err_w)
+            c.start(stdin=devnull, stdout=out_w, stderr=err_w)
         finally:
+            os.close(devnull)
             os.close(out_w)
             os.close(err_w)
         mon = c.monitor(sample_interval)
@@ -1003,16 +1012,6 @@ def run(argv: Any, image: Any = "host", *, timeout: float | None = None,
         for fd in (out_r, err_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-_DEVNULL: int | None = None
-
-
-def _devnull() -> int:
-    global _DEVNULL
-    if _DEVNULL is None:
-        _DEVNULL = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    return _DEVNULL
 
 
 def _pump(fd: int, sink: list[bytes], callback: Callable[[str], None] | None) -> None:

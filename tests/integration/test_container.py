@@ -1,0 +1,232 @@
+"""Containers on the real kernel: lifecycle, isolation defaults seen from
+inside, exit status, OOM, and bad input. Image: "host" (copy-on-write)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import pycontain
+from pycontain.container import Container
+from pycontain.errors import AlreadyExists, InvalidArgument, PycontainError, Timeout
+from pycontain.kernel.constants import DOCKER_DEFAULT_CAPS
+from pycontain.kernel.syscalls import cap_mask
+
+
+def sh(script: str, **kw: object) -> pycontain.container.RunResult:
+    return pycontain.run(["sh", "-c", script], **kw)
+
+
+def test_run_captures_stdout_stderr_and_exit_code() -> None:
+    r = sh("echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    assert not r.oom_killed
+    assert {"t_s", "cpu_s", "mem_bytes"} <= set(r.stats.columns)
+
+
+def test_follow_output_live() -> None:
+    seen: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    sh("echo one; sleep 0.6; echo two", on_stdout=lambda s: seen.append((time.monotonic() - t0, s)))
+    text = "".join(s for _, s in seen)
+    assert text == "one\ntwo\n"
+    first = next(t for t, s in seen if "one" in s)
+    assert first < 0.5, "the first line must arrive before the container ends"
+
+
+def test_signal_exit_status_is_128_plus_n() -> None:
+    assert sh("kill -TERM $$").returncode == 128 + signal.SIGTERM
+
+
+def test_namespaces_are_new() -> None:
+    r = sh("for k in pid mnt uts ipc net cgroup; do echo $k $(stat -L -c %i /proc/self/ns/$k); done")
+    inside = dict(line.split() for line in r.stdout.splitlines())
+    for kind, inode in inside.items():
+        assert int(inode) != os.stat(f"/proc/self/ns/{kind}").st_ino, kind
+
+
+def test_only_loopback_and_it_is_up() -> None:
+    r = sh("cat /proc/net/dev; cat /sys/class/net/lo/operstate /sys/class/net/lo/flags")
+    ifaces = [ln.split(":")[0].strip() for ln in r.stdout.splitlines()[2:] if ":" in ln]
+    assert ifaces == ["lo"]
+    assert int(r.stdout.split()[-1], 16) & 1  # IFF_UP
+
+
+def test_pid_namespace_and_fresh_proc() -> None:
+    r = sh("echo $$; ls -d /proc/[0-9]* | wc -l; cat /proc/1/status | grep PPid")
+    lines = r.stdout.splitlines()
+    assert int(lines[0]) == 2  # PID 1 is the init, the command its child
+    assert int(lines[1]) <= 4  # init, sh, ls (and wc): nothing of the host
+    assert lines[2].split() == ["PPid:", "0"]
+
+
+def test_old_root_is_gone_and_mounts_are_few() -> None:
+    r = sh("cat /proc/self/mountinfo")
+    points = [ln.split()[4] for ln in r.stdout.splitlines()]
+    assert points[0] == "/"
+    host_only = {"/work", "/sys/fs/cgroup/memory", "/old_root", "/.pivot"}
+    assert not host_only & set(points)
+    assert all(not p.startswith("/sys/fs/cgroup/") or p for p in points)
+
+
+def test_minimal_dev() -> None:
+    r = sh("ls /dev | tr '\\n' ' '")
+    assert set(r.stdout.split()) <= {"null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx",
+                                     "shm", "mqueue", "fd", "stdin", "stdout", "stderr", "console"}
+    assert "sda" not in r.stdout and "vda" not in r.stdout and "kmsg" not in r.stdout
+
+
+def test_sys_and_cgroupfs_read_only() -> None:
+    r = sh("touch /sys/x; echo 1 > /sys/fs/cgroup/x; echo done")
+    assert (r.stdout + r.stderr).count("Read-only file system") == 2
+
+
+def test_masked_and_read_only_paths() -> None:
+    # This kernel has no /proc/kcore or /proc/sysrq-trigger; test the masked
+    # and read-only paths it does have.
+    assert os.path.exists("/proc/keys") and os.path.exists("/proc/timer_list")
+    r = sh("cat /proc/keys | wc -c; cat /proc/timer_list | wc -c; ls /proc/acpi | wc -l; "
+           "echo 1 > /proc/sys/kernel/domainname; echo x")
+    assert r.stdout.split()[:3] == ["0", "0", "0"]
+    assert "Read-only file system" in r.stderr
+
+
+def test_capabilities_nnp_seccomp() -> None:
+    r = sh("grep -E '^(CapInh|CapEff|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status")
+    st = dict(line.split(":") for line in r.stdout.splitlines())
+    assert int(st["CapEff"], 16) == cap_mask(DOCKER_DEFAULT_CAPS)
+    assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
+    assert st["NoNewPrivs"].strip() == "1" and st["Seccomp"].strip() == "2"
+
+
+def test_dangerous_syscalls_refused() -> None:
+    r = sh("mount -t tmpfs x /mnt 2>&1; unshare -U true 2>&1; echo end")
+    assert "permission denied" in r.stdout.lower() or "not permitted" in r.stdout.lower()
+    assert r.stdout.lower().count("not permitted") + r.stdout.lower().count("permission denied") >= 2
+
+
+def test_inherited_fds_closed() -> None:
+    leak = os.open("/etc/hostname", os.O_RDONLY)  # inheritable on purpose
+    os.set_inheritable(leak, True)
+    try:
+        r = sh("ls /proc/self/fd | tr '\\n' ' '")
+    finally:
+        os.close(leak)
+    assert set(r.stdout.split()) <= {"0", "1", "2", "3"}  # 3: ls's own directory fd
+
+
+def test_pid1_reaps_orphans() -> None:
+    script = "sh -c 'sleep 0.2 & exit 0'; sleep 0.8; grep -l zombie /proc/[0-9]*/status 2>/dev/null | wc -l; " \
+             "cat /proc/[0-9]*/stat | awk '{print $3}' | grep -c Z || true"
+    r = sh(script)
+    assert r.stdout.split()[-1] == "0"
+
+
+def test_oom_reported_faithfully() -> None:
+    r = pycontain.run(["python3", "-c", "b = bytearray(256 << 20); print(len(b))"], memory="32M")
+    assert r.oom_killed
+    assert r.returncode == 137
+
+
+def test_lifecycle_exec_pause_resume_stop() -> None:
+    with Container(command=["sleep", "60"], name="lifecycle") as c:
+        assert c.status == "running" and c.pid
+        assert c.exec(["sh", "-c", "test $(cat /proc/1/comm) != sleep && exit 7"]) == 7
+        c.pause()
+        assert c.status == "paused"
+        c.resume()
+        assert c.status == "running"
+        assert c.call(os.getpid) != c.pid
+        code = c.stop(timeout=5)
+        assert code == 128 + signal.SIGTERM
+        assert c.status == "exited"
+        with pytest.raises(InvalidArgument):
+            c.exec(["true"])
+
+
+def test_call_returns_values_and_remote_errors() -> None:
+    with Container(command=["sleep", "30"]) as c:
+        assert c.call(sum, [1, 2, 3]) == 6
+        with pytest.raises(ZeroDivisionError) as info:
+            c.call(lambda: 1 / 0)
+        assert "ZeroDivisionError" in str(info.value.__cause__ or info.value) or info.value
+
+
+def test_wait_timeout_and_kill() -> None:
+    with Container(command=["sleep", "30"]) as c:
+        with pytest.raises(Timeout):
+            c.wait(timeout=0.2)
+        c.kill("KILL")
+        assert c.wait(5) == 137
+        with pytest.raises(InvalidArgument):
+            c.kill("SIGNOPE")
+
+
+def test_duplicate_name_and_bad_input_leave_nothing() -> None:
+    c = Container(command=["true"], name="dup")
+    try:
+        with pytest.raises(AlreadyExists):
+            Container(command=["true"], name="dup")
+    finally:
+        c.remove()
+    for bad in ({"name": "../x"}, {"env": {"A=B": "1"}}, {"command": []}, {"volumes": ["/tmp:/proc"]},
+                {"memory": "32bm"}):
+        with pytest.raises(InvalidArgument):
+            Container(**bad)
+    assert pycontain.containers().empty
+
+
+def test_failed_start_leaves_nothing() -> None:
+    c = Container(command=["true"], volumes={"/tmp": "/mnt/x"}, workdir="/nonexistent/dir")
+    try:
+        c.start()
+        c.wait(5)
+    except PycontainError:
+        pass
+    finally:
+        c.remove(force=True)
+
+
+def test_containers_seen_from_another_process() -> None:
+    with Container(command=["sleep", "30"], name="visible"):
+        code = textwrap.dedent("""
+            import pycontain
+            df = pycontain.containers()
+            row = df[df.name == "visible"].iloc[0]
+            print(row.status, row.orphan)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ,
+                             check=True).stdout
+        assert out.split() == ["running", "False"]
+
+
+def test_dies_with_its_creator() -> None:
+    code = textwrap.dedent("""
+        import sys, pycontain
+        c = pycontain.Container(command=["sleep", "60"], name="child-of-doomed")
+        c.start()
+        print(c.pid, flush=True)
+        sys.stdin.read()
+    """)
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True, env=os.environ) as p:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    pid = int(line)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+    df = pycontain.containers()
+    assert bool(df[df.name == "child-of-doomed"].iloc[0].orphan)
+    removed = pycontain.container.cleanup_orphans()
+    assert "child-of-doomed" in removed
+    assert pycontain.containers().empty
