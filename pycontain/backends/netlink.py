@@ -99,6 +99,8 @@ def _iproute(netns: NetnsRef | None = None) -> Iterator[Any]:
 
     if netns is None:
         ipr = IPRoute(groups=0)
+        # This socket is in the caller's netns: name lookups can use if_nametoindex.
+        ipr._pycontain_host = True
     else:
         fd = _open_netns(netns)
         try:
@@ -126,7 +128,18 @@ def _op(op: str, ifname: str | None = None, ok: tuple[int, ...] = ()) -> Iterato
         raise kernel_error(op, e.code, detail=f"ifname={ifname}" if ifname else None) from None
 
 
+def _host_index(ifname: str) -> int | None:
+    # if_nametoindex(3) asks the kernel in C, in microseconds; pyroute2's
+    # link_lookup dumps and parses every link (milliseconds each).
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
 def _index(ipr: Any, ifname: str) -> int | None:
+    if getattr(ipr, "_pycontain_host", False):
+        return _host_index(ifname)
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
 
@@ -175,12 +188,16 @@ def host_ipv4_networks(ignore_ifnames: frozenset[str] = frozenset()) -> list[tup
 
 def link_exists(ifname: str, netns: NetnsRef | None = None) -> bool:
     """Whether interface ``ifname`` exists (in the host netns or in ``netns``)."""
+    if netns is None:
+        return _host_index(ifname) is not None
     with _iproute(netns) as ipr, _op("link lookup", ifname):
         return _index(ipr, ifname) is not None
 
 
 def link_names(netns: NetnsRef | None = None) -> list[str]:
     """The names of every interface in the host netns (or in ``netns``)."""
+    if netns is None:
+        return [name for _index, name in socket.if_nameindex()]
     with _iproute(netns) as ipr, _op("dump links"):
         return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
 
@@ -285,11 +302,10 @@ def create_veth(
             if mac:
                 peer["address"] = mac
             with _op("create veth", host_ifname):
-                ipr.link("add", ifname=host_ifname, kind="veth", peer=peer)
+                # One request: create, enslave to the bridge, up (rtnl_newlink
+                # applies IFLA_MASTER and the flags to the new device).
+                ipr.link("add", ifname=host_ifname, kind="veth", peer=peer, master=bridge_index, state="up")
             try:
-                with _op("attach veth to bridge", host_ifname):
-                    index = _need_index(ipr, host_ifname)
-                    ipr.link("set", index=index, master=bridge_index, state="up")
                 with _iproute(netns) as nsr, _op("configure container interface", peer_ifname):
                     pindex = _need_index(nsr, peer_ifname)
                     ip, prefix = address.split("/")
