@@ -159,6 +159,7 @@ class Container:
             read_only=read_only, cap_add=cap_add, cap_drop=cap_drop, seccomp=seccomp, detach=detach,
             ports=ports,
         )
+        self._external = False
         self.name = self.config.name
         #: unique per container even across state directories: the cgroup
         #: tree is shared by every pycontain user of the host.
@@ -174,6 +175,58 @@ class Container:
         self._lock = threading.RLock()
         self._confinement: Any = None
         self._reserve()
+
+    @classmethod
+    def open(cls, name: str) -> Container:
+        """The container ``name`` from the state directory, started by any process.
+
+        Lifecycle methods (``stop``, ``kill``, ``pause``, ``exec``, ``stats``,
+        ``remove``, ...) work on it as on the original object.
+
+        Raises:
+            NotFound: no container of that name.
+        """
+        state = get(name)
+        opts = dict(state.get("options") or {})
+        self = cls.__new__(cls)
+        self.config = make_config(**opts)
+        self._external = True
+        self.name = state["name"]
+        self.id = state.get("id") or ""
+        self._state_path = _containers_dir() / self.name
+        self._lock = threading.RLock()
+        self._removed = False
+        self._rootfs = None
+        self._network = None
+        self._confinement = None
+        self._created = state.get("created")
+        self._status = state.get("status", "created")
+        self._exit_code = state.get("exit_code")
+        self._cgroup = None
+        self._child = None
+        if state.get("cgroup"):
+            from pycontain.cgroup import Cgroup
+
+            opener = getattr(Cgroup, "open", None)
+            if opener is not None:
+                with contextlib.suppress(PycontainError):
+                    self._cgroup = opener(state["cgroup"])
+        if state.get("pid") and self._status in ("running", "paused"):
+            self._child = _ExternalProcess(int(state["pid"]), self._state_path / "exit")  # type: ignore[assignment]
+        if self._child is not None:
+            from pycontain.backends import hardening
+
+            self._confinement = hardening.prepare(self.config.cap_add, self.config.cap_drop, self.config.seccomp,
+                                                  self.config.workdir or "/", self.config.user)
+        return self
+
+    def logs(self) -> str:
+        """What a container started with ``log=True`` (or detached from the CLI) wrote."""
+        try:
+            with open(self._state_path / "output.log", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     # -- state ----------------------------------------------------------------------------
 
@@ -206,10 +259,11 @@ class Container:
             "pids_limit": self.config.pids,
             "network": self.config.network if isinstance(self.config.network, str) else getattr(
                 self.config.network, "name", "?"),
+            "options": _options_record(self.config),
         }
         self._created = data["created"]
         data.update(extra)
-        if not self._removed:
+        if not self._removed and not self._external:
             write_json(self._state_path / "state.json", data)
 
     @property
@@ -242,18 +296,27 @@ class Container:
 
     # -- start ----------------------------------------------------------------------------------
 
-    def start(self, *, stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> Container:
+    def start(self, *, stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+              log: bool = False) -> Container:
         """Create the cgroup, root and namespaces and start the command.
 
         ``stdout``/``stderr`` are file descriptors for the command's output
-        (default: the caller's). Returns ``self``.
+        (default: the caller's). With ``log=True`` both go to the container's
+        log file instead (see :meth:`logs`), as for detached containers.
+        Returns ``self``.
 
         Raises:
             InvalidArgument: the container was started already.
             KernelError, PermissionDenied: a setup step failed; nothing is left behind.
         """
         argv = self._argv()
-        return self._start(argv=argv, target=None, stdin=stdin, stdout=stdout, stderr=stderr)
+        if not log:
+            return self._start(argv=argv, target=None, stdin=stdin, stdout=stdout, stderr=stderr)
+        fd = os.open(self._state_path / "output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            return self._start(argv=argv, target=None, stdin=stdin, stdout=fd, stderr=fd)
+        finally:
+            os.close(fd)
 
     def start_python(self, fn: Callable[..., Any], args: Sequence[Any] = (), *, stdout: int | None = None,
                      stderr: int | None = None, pass_fds: Sequence[int] = ()) -> Container:
@@ -325,6 +388,9 @@ class Container:
                     self.config.workdir or image_cfg.get("workdir") or "/",
                     self.config.user or image_cfg.get("user") or None,
                 )
+                exit_fd = os.open(self._state_path / "exit", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                                  0o600)
+                cleanup.callback(os.close, exit_fd)
                 setup = _ChildSetup(
                     rootfs=self._rootfs,
                     config=self.config,
@@ -334,7 +400,7 @@ class Container:
                 )
                 spec = ChildSpec(
                     target=_container_init,
-                    args=(setup, tuple(argv) if argv is not None else None, target, env),
+                    args=(setup, tuple(argv) if argv is not None else None, target, env, exit_fd),
                     new=frozenset(new),
                     join=tuple(join),
                     cgroup_procs=tuple(cg.procs_files),
@@ -342,13 +408,14 @@ class Container:
                     stdin=stdin,
                     stdout=stdout,
                     stderr=stderr,
-                    pass_fds=tuple(pass_fds),
+                    pass_fds=(*pass_fds, exit_fd),
                     pdeathsig=None if self.config.detach else signal.SIGKILL,
                     preexec=setup.enter,
                     env=env,
                 )
                 self._child = start(spec)
                 cleanup.pop_all()
+                os.close(exit_fd)
             except BaseException:
                 cleanup.close()
                 self._cgroup = None
@@ -649,6 +716,67 @@ class Container:
         }
 
 
+class _ExternalProcess:
+    """A container PID 1 started by another process: we cannot waitpid() it,
+    so exit is seen through a pidfd and the status read from the ``exit``
+    file its init writes."""
+
+    def __init__(self, pid: int, exit_file: Path) -> None:
+        self.pid = pid
+        self.exit_file = exit_file
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _alive(self.pid):
+            self.returncode = self._read_status()
+        return self.returncode
+
+    def _read_status(self) -> int:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.exit_file.read_text().strip())
+        return EXIT_SIGKILL  # no word from init: it was killed
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise Timeout("still running", op="wait", field="timeout", value=timeout)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+def _options_record(cfg: ContainerConfig) -> dict[str, Any]:
+    """The options as JSON, enough to rebuild the config in another process."""
+    return {
+        "image": cfg.image if isinstance(cfg.image, str) else (getattr(cfg.image, "tag", None) or "host"),
+        "command": list(cfg.command) if cfg.command else None,
+        "name": cfg.name,
+        "memory": cfg.memory,
+        "cpus": cfg.cpus,
+        "pids": cfg.pids,
+        "cpuset": ",".join(str(c) for c in sorted(cfg.cpuset)) if cfg.cpuset else None,
+        "network": cfg.network if isinstance(cfg.network, str) else getattr(cfg.network, "name", "none"),
+        "hostname": cfg.hostname,
+        "env": cfg.env,
+        "workdir": cfg.workdir,
+        "user": cfg.user,
+        "read_only": cfg.read_only,
+        "cap_add": list(cfg.cap_add),
+        "cap_drop": list(cfg.cap_drop),
+        "seccomp": cfg.seccomp,
+        "detach": cfg.detach,
+        "ports": {str(k): v for k, v in cfg.ports.items()},
+        "volumes": [f"{v.source}:{v.destination}:{'ro' if v.read_only else 'rw'}" for v in cfg.volumes
+                    if os.path.exists(v.source)],
+    }
+
+
 def _status_code(code: int) -> int:
     """Engine returncodes are negative for signals; containers report 128+N like shells."""
     return 128 - code if code < 0 else code
@@ -719,12 +847,17 @@ _FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal
 
 
 def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
-                    target: tuple[Callable[..., Any], tuple[Any, ...]] | None, env: dict[str, str]) -> None:
+                    target: tuple[Callable[..., Any], tuple[Any, ...]] | None, env: dict[str, str],
+                    exit_fd: int) -> None:
     """PID 1 of the container: start the workload, reap everything, forward
-    signals, and leave with the workload's status. Never returns."""
+    signals, and leave with the workload's status (also written to
+    ``exit_fd``, the state directory's ``exit`` file, for other processes).
+    Never returns."""
+    os.set_inheritable(exit_fd, False)
     workload = os.fork()
     if workload == 0:
         try:
+            os.close(exit_fd)
             for sig in _FORWARD:
                 signal.signal(sig, signal.SIG_DFL)
             if argv is not None:
@@ -771,6 +904,8 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
         if pid == workload:
             status = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
             break
+    with contextlib.suppress(OSError):
+        os.write(exit_fd, b"%d\n" % status)
     os._exit(status)
 
 
@@ -931,9 +1066,9 @@ def cleanup_orphans() -> list[str]:
         if not name or st.get("detach") or _alive(st.get("creator_pid")):
             continue
         pid = st.get("pid")
-        if _alive(pid):
+        if pid and _alive(pid):
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(int(pid), signal.SIGKILL)
         cgroup_name = st.get("cgroup")
         if cgroup_name and hasattr(Cgroup, "open"):
             with contextlib.suppress(PycontainError, OSError):

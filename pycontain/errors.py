@@ -76,6 +76,7 @@ class PycontainError(Exception):
     field: str | None
     value: Any
     hint: str | None
+    filename: Any  # set for the OSError subclasses, like OSError.filename
 
     def __init__(
         self,

@@ -98,6 +98,7 @@ def _install_display(fd: int) -> Callable[[Any], None]:
             shell = InteractiveShell.instance()  # a plain shell: formatters work without a kernel
         shell.display_pub = publisher  # type: ignore[assignment]
         formatter = shell.display_formatter
+        assert formatter is not None
 
         def show(obj: Any) -> None:
             data, metadata = formatter.format(obj)
@@ -155,8 +156,10 @@ def _run_code(code: str, namespace: dict[str, Any], show: Callable[[Any], None])
     linecache.cache[CELL_FILENAME] = (len(code), None, code.splitlines(True), CELL_FILENAME)
     tree = ast.parse(code, CELL_FILENAME, "exec")
     last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
-        last = ast.Expression(tree.body.pop().value)
+    final = tree.body[-1] if tree.body else None
+    if isinstance(final, ast.Expr) and not code.rstrip().endswith(";"):
+        tree.body.pop()
+        last = ast.Expression(final.value)
     exec(compile(tree, CELL_FILENAME, "exec"), namespace)
     if last is not None:
         value = eval(compile(last, CELL_FILENAME, "eval"), namespace)

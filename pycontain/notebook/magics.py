@@ -147,12 +147,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
             view.tick()
 
         try:
-            CellEvents(stdout_r, stderr_r, event_r).pump(
-                lambda s: (sys.stdout.write(s), sys.stdout.flush()),
-                lambda s: (sys.stderr.write(s), sys.stderr.flush()),
-                on_event,
-                on_tick,
-            )
+            CellEvents(stdout_r, stderr_r, event_r).pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick)
         except KeyboardInterrupt:
             container.kill()
             outcome["interrupted"] = True
@@ -184,6 +179,14 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _writer(stream: Any) -> Any:
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
 
 
 def _summary(code: int, wall: float, usage: dict[str, Any], outcome: dict[str, Any]) -> str:
