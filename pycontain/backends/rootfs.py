@@ -322,11 +322,18 @@ def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool
     for i in range(len(parts)):
         sub = "/".join(parts[: i + 1])
         try:
-            os.close(_open_in_root(root_fd, sub))
-            continue
+            fd = _open_in_root(root_fd, sub)
         except PycontainError as e:
             if e.errno != errno.ENOENT:
                 raise
+        else:
+            # Check every step before anything is created: a symlink to /proc
+            # must not make us mkdir in the image's /proc.
+            try:
+                _check_landing(root, fd, destination)
+            finally:
+                os.close(fd)
+            continue
         parent = _open_in_root(root_fd, "/".join(parts[:i]) or ".", os.O_DIRECTORY)
         try:
             if i == len(parts) - 1 and not source_is_dir:
@@ -343,15 +350,10 @@ def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool
             os.close(parent)
     fd = _open_in_root(root_fd, "/".join(parts))
     try:
-        landed = _within(root, proc.fd_target(fd))
-        if landed is None or landed == "/":
-            raise InvalidArgument("volume destination resolves outside the container's root",
+        landed = _check_landing(root, fd, destination)
+        if landed == "/":
+            raise InvalidArgument("volume destination resolves to the container's /",
                                   field="volumes.destination", value=destination)
-        for bad in FORBIDDEN_DESTINATIONS:
-            if _is_under(landed, bad):
-                raise InvalidArgument(f"volume destination resolves into {bad} (through a symlink)",
-                                      field="volumes.destination", value=destination,
-                                      hint=f"{bad} is reserved for the container's kernel filesystems")
         if stat.S_ISDIR(os.stat(proc.fd_path(fd)).st_mode) != source_is_dir:
             raise InvalidArgument("volume source and destination differ in kind (file vs directory)",
                                   field="volumes.destination", value=destination)
@@ -359,6 +361,20 @@ def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool
         os.close(fd)
         raise
     return fd
+
+
+def _check_landing(root: str, fd: int, destination: str) -> str:
+    """Where ``fd`` is, inside the root; refuse outside and reserved places."""
+    landed = _within(root, proc.fd_target(fd))
+    if landed is None:
+        raise InvalidArgument("volume destination resolves outside the container's root",
+                              field="volumes.destination", value=destination)
+    for bad in FORBIDDEN_DESTINATIONS:
+        if _is_under(landed, bad):
+            raise InvalidArgument(f"volume destination resolves into {bad} (through a symlink)",
+                                  field="volumes.destination", value=destination,
+                                  hint=f"{bad} is reserved for the container's kernel filesystems")
+    return landed
 
 
 def _mount_volume(root_fd: int, root: str, vol: BindMount, nodev: bool) -> None:
