@@ -293,6 +293,12 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
     try:
         reset_signals()
         _set_pdeathsig(spec, parent)
+        if spec.affinity is not None:
+            try:
+                os.sched_setaffinity(0, spec.affinity)
+            except OSError as e:
+                raise kernel_error("sched_setaffinity", e.errno or errno.EINVAL,
+                                   detail=f"cpus={sorted(spec.affinity)}") from None
         # 1. cgroups first, so everything below (and the workload) is accounted
         # and a new cgroup namespace is rooted at the new cgroup.
         for path in spec.cgroup_procs:

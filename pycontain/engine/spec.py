@@ -85,11 +85,14 @@ class ChildSpec:
         uid_map / gid_map: "inside outside count" lines, written by the
             parent once the child unshared "user".
         persist: kind -> file: bind-mount the new namespace there (like
-            ``ip netns add``) so it outlives the child.
+            ``ip netns add``) so it outlives the child. For "mnt" the kernel
+            may refuse (EINVAL); :meth:`pycontain.Namespace.create` handles it.
         stdin / stdout / stderr: fds for 0/1/2, or None to inherit.
         pass_fds: fds kept open in the child; every other fd above 2 is closed.
         pdeathsig: signal the child gets when the creating *thread* exits
             (PR_SET_PDEATHSIG); None to let it outlive its creator.
+        affinity: CPUs the child may run on (sched_setaffinity(2)), set first;
+            None keeps the caller's.
         preexec: a callable run in the final process after the namespace
             setup, just before exec/target (e.g. mounts); exceptions raised
             there reach the caller of ``start``.
@@ -121,6 +124,7 @@ class ChildSpec:
     pass_fds: Sequence[int] = ()
     pdeathsig: int | None = signal.SIGKILL
     preexec: Callable[[], None] | None = None
+    affinity: Iterable[int] | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -223,6 +227,14 @@ class ChildSpec:
         if self.pdeathsig is not None and self.pdeathsig != 0:
             if isinstance(self.pdeathsig, bool) or self.pdeathsig not in signal.valid_signals():
                 raise InvalidArgument("not a signal", field="pdeathsig", value=self.pdeathsig)
+        if self.affinity is not None:
+            if isinstance(self.affinity, int):
+                raise InvalidArgument("affinity is a set of CPU numbers", field="affinity", value=self.affinity)
+            cpus = frozenset(self.affinity)
+            if not cpus or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cpus):
+                raise InvalidArgument("affinity is a non-empty set of CPU numbers (ints >= 0)",
+                                      field="affinity", value=self.affinity)
+            put(self, "affinity", cpus)
         if self.preexec is not None and not callable(self.preexec):
             raise InvalidArgument("preexec must be callable", field="preexec", value=self.preexec)
 

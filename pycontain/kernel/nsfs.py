@@ -8,6 +8,7 @@ Every failure is a typed error naming the operation and path.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 from pycontain.errors import AlreadyExists, kernel_error
@@ -150,3 +151,109 @@ def make_private_bind(path: str) -> None:
     except BaseException:
         syscalls.umount2(path, C.MNT_DETACH)
         raise
+
+
+# ioctl_ns(2) requests: _IO(0xb7, n)
+NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
+NS_GET_NSTYPE = 0xB703
+NS_GET_OWNER_UID = 0xB704
+
+_FLAG_KINDS = {flag: kind for kind, flag in C.NAMESPACE_FLAGS.items()}
+
+
+def namespace_kind(path: str) -> str:
+    """The kind ("net", "mnt", ...) of the namespace file at ``path`` (NS_GET_NSTYPE).
+
+    Raises:
+        KernelError: ENOTTY/EINVAL when ``path`` is not a namespace file.
+    """
+    fd = open_namespace(path)
+    try:
+        try:
+            flag = fcntl.ioctl(fd, NS_GET_NSTYPE)
+        except OSError as e:
+            raise kernel_error("ioctl NS_GET_NSTYPE", e.errno or errno.EINVAL, path=path,
+                               hint="this is not a namespace file") from None
+    finally:
+        os.close(fd)
+    return _FLAG_KINDS.get(flag, str(flag))
+
+
+def namespace_file_id(path: str) -> tuple[int, int]:
+    """(device, inode) of a namespace file, following /proc/PID/ns links."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise kernel_error("stat", e.errno or errno.EIO, path=path) from None
+    return st.st_dev, st.st_ino
+
+
+def process_uid(pid: int) -> int | None:
+    """The owner uid of process ``pid`` (as lsns shows it), None if it is gone."""
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def nsfs_mounts() -> list[tuple[str, str, int]]:
+    """Namespace files bind-mounted in the caller's mount namespace:
+    ``(mount point, kind, inode)`` from mountinfo (fstype nsfs, root ``net:[4026532184]``)."""
+    out = []
+    for m in mountinfo():
+        if m.fstype != "nsfs":
+            continue
+        kind, _, rest = m.root.lstrip("/").partition(":[")
+        if rest.endswith("]") and rest[:-1].isdigit():
+            out.append((m.mount_point, kind, int(rest[:-1])))
+    return out
+
+
+def scan_namespaces(kinds: tuple[str, ...] = C.NAMESPACE_KINDS) -> dict[tuple[str, int, int], list[int]]:
+    """Every namespace of every process, like lsns: ``(kind, dev, inode) -> [pids]``.
+
+    Reads /proc/PID/ns/KIND of each process in /proc (not threads, as lsns);
+    processes that exit during the scan are skipped. Pids are ascending.
+    """
+    out: dict[tuple[str, int, int], list[int]] = {}
+    for name in os.listdir(PROC):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        for kind in kinds:
+            try:
+                st = os.stat(f"{PROC}/{pid}/ns/{kind}")
+            except OSError:
+                continue
+            out.setdefault((kind, st.st_dev, st.st_ino), []).append(pid)
+    for pids in out.values():
+        pids.sort()
+    return out
+
+
+def pids_in_namespace(kind: str, dev: int, inode: int) -> list[int]:
+    """The pids (ascending) whose ``kind`` namespace is (dev, inode)."""
+    return scan_namespaces((kind,)).get((kind, dev, inode), [])
+
+
+def unmount_private_bind(path: str) -> None:
+    """Undo :func:`make_private_bind` (lazily if something still uses it)."""
+    try:
+        syscalls.umount2(path, 0)
+    except OSError as e:
+        if e.errno != errno.EBUSY:
+            raise
+        syscalls.umount2(path, C.MNT_DETACH)
+
+
+def mount_propagation(path: str) -> str:
+    """Propagation ("shared", "slave", "private", "unbindable") of the mount ``path`` is on."""
+    real = os.path.realpath(path)
+    best = None
+    for m in mountinfo():
+        point = m.mount_point
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= len(best.mount_point):
+                best = m
+    return best.propagation if best is not None else "private"
