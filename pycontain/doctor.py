@@ -122,6 +122,10 @@ class HostFacts:
     cgroup_writable: dict[str, bool] = field(default_factory=dict)
     #: results of the probe child (see pycontain.kernel.probe), or {"error": ...}
     probe: dict[str, Any] = field(default_factory=dict)
+    #: the image store: root, exists, fstype, drivers (name -> None or why not), or error
+    store: dict[str, Any] = field(default_factory=dict)
+    #: PYCONTAIN_STORAGE_DRIVER, the user's explicit driver choice, if any
+    storage_driver: str | None = None
 
     @classmethod
     def gather(cls, *, run_probe: bool = True, timeout: float = 5.0) -> HostFacts:
@@ -164,6 +168,8 @@ class HostFacts:
         }
         for path in {*facts.v1_mounts.values(), *([layout.v2_mount] if layout.v2_mount else [])}:
             facts.cgroup_writable[path] = probe.cgroup_parent_writable(path)
+        facts.store = _store_facts()
+        facts.storage_driver = os.environ.get("PYCONTAIN_STORAGE_DRIVER") or None
         if child is not None:
             facts.probe = child.result(timeout=timeout)
         else:
@@ -178,6 +184,29 @@ class HostFacts:
         out["v2_controllers"] = list(self.v2_controllers)
         out["kernel_controllers"] = {k: list(v) for k, v in self.kernel_controllers.items()}
         return out
+
+
+def _store_facts() -> dict[str, Any]:
+    """Where the image store is, its filesystem, and each storage driver's probe.
+
+    The drivers are probed (storage_driver.probe_drivers, the same probe that
+    picks the driver) only when the store exists, so doctor never creates a
+    store (the probe may add missing subdirectories to an existing one).
+    """
+    try:
+        from pycontain.backends import storage_driver, storage_store
+        from pycontain.kernel import fs as kfs
+
+        root = storage_store.default_root()
+        existing = root
+        while not os.path.exists(existing) and existing != os.path.dirname(existing):
+            existing = os.path.dirname(existing)
+        out: dict[str, Any] = {"root": root, "exists": os.path.isdir(root), "fstype": kfs.fs_type(existing)}
+        if out["exists"]:
+            out["drivers"] = storage_driver.probe_drivers(storage_store.Store(root))
+        return out
+    except Exception as e:  # doctor reports, never raises
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _int(text: str | None, base: int = 10) -> int | None:
@@ -518,6 +547,10 @@ def _v2_name(name: str) -> str:
     return "io" if name == "blkio" else name
 
 
+#: Controllers the v1 backend drives on the cgroup2 mount of a hybrid host.
+_HYBRID_V2_CONTROLLERS = frozenset({"hugetlb"})
+
+
 def _controller_infos(f: HostFacts) -> dict[str, ControllerInfo]:
     names = list(CONTROLLERS)
     for extra in [*f.kernel_controllers, *f.v2_controllers]:
@@ -531,10 +564,14 @@ def _controller_infos(f: HostFacts) -> dict[str, ControllerInfo]:
         mounted = f.v1_mounts.get(name)
         if f.cgroup_mode == "v2":
             usable = on_v2 and bool(f.v2_mount and f.cgroup_writable.get(f.v2_mount))
+        elif mounted is not None:
+            usable = bool(f.cgroup_writable.get(mounted))
         else:
-            # v1 and hybrid hosts are served by the v1 backend: a controller
-            # counts only on its own v1 hierarchy.
-            usable = mounted is not None and bool(f.cgroup_writable.get(mounted))
+            # v1 and hybrid hosts are served by the v1 backend, which uses a
+            # controller on its own v1 hierarchy; the one exception is hugetlb,
+            # which it drives on the hybrid cgroup2 mount (backends/cgroup_v1.py).
+            usable = (name in _HYBRID_V2_CONTROLLERS and on_v2
+                      and bool(f.v2_mount and f.cgroup_writable.get(f.v2_mount)))
         infos[name] = ControllerInfo(name, in_kernel, hier, mounted, on_v2, usable)
     return infos
 
@@ -605,15 +642,21 @@ def _controller_check(f: HostFacts, info: ControllerInfo, label: str, root: bool
         return Check("cgroups", label, "missing", "not in this kernel",
                      f"needs a kernel built with the {label} controller")
     # v1 or hybrid: the v1 backend
-    if info.usable:
+    if info.usable and info.mounted_at:
         return Check("cgroups", label, "ok", f"mounted at {info.mounted_at}")
+    if info.usable:
+        return Check("cgroups", label, "ok", f"enabled on the cgroup2 mount at {f.v2_mount} (hybrid)")
     if info.mounted_at:
         return Check("cgroups", label, "limited",
                      f"mounted at {info.mounted_at}, not writable by uid {f.euid}", not_writable)
+    if info.on_v2 and name in _HYBRID_V2_CONTROLLERS:
+        return Check("cgroups", label, "limited",
+                     f"enabled on the cgroup2 mount at {f.v2_mount}, not writable by uid {f.euid}",
+                     not_writable)
     if info.on_v2:
         return Check("cgroups", label, "limited",
                      f"in the kernel but bound to the cgroup2 mount at {f.v2_mount}, "
-                     "which the v1 backend of this hybrid host does not use",
+                     "which the v1 backend of this hybrid host does not use for it",
                      f"{name} limits need a v1 hierarchy of it (as root: mount -t cgroup -o {name} {name} "
                      f"{cgroupfs.CGROUP_ROOT}/{name}) or a pure v2 host (systemd.unified_cgroup_hierarchy=1)")
     if info.in_kernel:
@@ -661,6 +704,8 @@ def _storage(f: HostFacts) -> list[Check]:
             hint = "pycontain falls back to the copy driver (slower container creation)"
         out.append(Check("storage", "overlayfs", "missing", detail, hint))
 
+    out.append(_store_check(f))
+
     kernel_btrfs = "btrfs" in f.filesystems or f.btrfs_module
     if kernel_btrfs and f.mkfs_btrfs:
         out.append(Check("storage", "btrfs", "ok",
@@ -673,6 +718,48 @@ def _storage(f: HostFacts) -> list[Check]:
                          "optional: the btrfs driver is used only when the store is on btrfs; "
                          "overlay or copy serve otherwise"))
     return out
+
+
+#: Driver preference of storage_driver.select_driver: best first.
+_DRIVER_ORDER = ("btrfs", "overlay", "copy")
+#: Filesystems overlayfs cannot take an upper layer from (the store holds it).
+_NO_OVERLAY_UPPER = ("overlay", "nfs", "fuse")
+
+
+def _store_check(f: HostFacts) -> Check:
+    st = f.store
+    if not st or st.get("error"):
+        return Check("storage", "storage driver", "unknown",
+                     f"cannot inspect the image store: {st.get('error') if st else 'not read'}",
+                     "set PYCONTAIN_STORE to a writable directory")
+    root, fstype = st["root"], st["fstype"]
+    drivers: dict[str, str | None] | None = st.get("drivers")
+    if drivers is None:
+        if fstype in _NO_OVERLAY_UPPER:
+            return Check("storage", "storage driver", "limited",
+                         f"the store {root} (not created yet) would be on {fstype}, which overlayfs cannot use "
+                         "as an upper layer: containers would get the slow copy driver",
+                         "set PYCONTAIN_STORE to a directory on ext4, xfs, tmpfs or btrfs")
+        return Check("storage", "storage driver", "ok",
+                     f"the store {root} is not created yet; it will be on {fstype} "
+                     "(btrfs is used on btrfs, else overlay, else copy)")
+    unusable = "; ".join(f"{name}: {why}" for name, why in drivers.items() if why)
+    explicit = f.storage_driver
+    if explicit:
+        why = drivers.get(explicit, "no such driver")
+        if why:
+            return Check("storage", "storage driver", "missing",
+                         f"PYCONTAIN_STORAGE_DRIVER={explicit} cannot work here: {why}",
+                         "unset PYCONTAIN_STORAGE_DRIVER to let pycontain choose, or move the store")
+        return Check("storage", "storage driver", "ok",
+                     f"{explicit} (chosen by PYCONTAIN_STORAGE_DRIVER) for the store {root} on {fstype}")
+    chosen = next((d for d in _DRIVER_ORDER if d in drivers and drivers[d] is None), None)
+    detail = f"{chosen} for the store {root} on {fstype}" + (f"; not usable: {unusable}" if unusable else "")
+    if chosen in ("btrfs", "overlay"):
+        return Check("storage", "storage driver", "ok", detail)
+    return Check("storage", "storage driver", "limited", detail,
+                 "the copy driver copies the whole image for each container; put the store "
+                 "(PYCONTAIN_STORE) on ext4, xfs or btrfs with overlay in the kernel")
 
 
 _SECCOMP_MODES = {0: "no filter", 1: "strict mode", 2: "already filtered"}

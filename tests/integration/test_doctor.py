@@ -106,6 +106,7 @@ def test_overlay_and_the_rest(report: Report) -> None:
     assert report.ok("overlayfs"), report["overlayfs"]
     assert "private mount namespace" in report["overlayfs"].detail
     assert report.ok("btrfs") and report.ok("seccomp") and report.ok("pyroute2")
+    assert report.ok("storage driver"), report["storage driver"]
     assert report.ok("user namespaces")
 
 

@@ -64,6 +64,9 @@ def hybrid_facts(**kw: Any) -> HostFacts:
         },
         cgroup_writable={**{m: True for m in mounts.values()}, "/sys/fs/cgroup/unified": True},
         probe={"namespaces": ns_results(), "overlay": {"ok": True, "userns": False}},
+        store={"root": "/var/lib/pycontain", "exists": True, "fstype": "ext4",
+               "drivers": {"btrfs": "the store /var/lib/pycontain is on ext4, not btrfs", "overlay": None,
+                           "copy": None}},
     )
     for key, value in kw.items():
         setattr(facts, key, value)
@@ -114,17 +117,28 @@ def test_hybrid_host_rows() -> None:
         assert "pycontain mounts it" in row.hint
         info = r.controllers[c]
         assert info.in_kernel and info.mounted_at is None and not info.on_v2 and not info.usable
+    # hugetlb lives on the hybrid cgroup2 mount, where the v1 backend uses it.
     hugetlb = r["hugetlb"]
-    assert hugetlb.status == "limited" and "cgroup2" in hugetlb.detail
-    assert r.controllers["hugetlb"].on_v2
+    assert hugetlb.status == "ok" and "cgroup2 mount at /sys/fs/cgroup/unified" in hugetlb.detail
+    assert r.controllers["hugetlb"].on_v2 and r.controllers["hugetlb"].usable
     for kind in NAMESPACE_KINDS:
         assert r.ok(kind, area="namespaces")
-    for item in ("root", "user namespaces", "overlayfs", "btrfs", "seccomp", "pyroute2"):
+    for item in ("root", "user namespaces", "overlayfs", "storage driver", "btrfs", "seccomp", "pyroute2"):
         assert r.ok(item), r[item]
     # perf_event is known (controllers) but not a row: pycontain does not drive it.
     assert "perf_event" in r.controllers
     with pytest.raises(NotFound):
         r.check("perf_event")
+
+
+def test_hybrid_controller_on_cgroup2_that_the_backend_does_not_use() -> None:
+    facts = hybrid_facts()
+    facts.v1_mounts = {k: v for k, v in facts.v1_mounts.items() if k != "pids"}
+    facts.kernel_controllers = {**facts.kernel_controllers, "pids": (0, True)}
+    facts.v2_controllers = ("hugetlb", "pids")
+    r = assess(facts)
+    assert r["pids"].status == "limited" and "does not use" in r["pids"].detail
+    assert not r.controllers["pids"].usable
 
 
 def test_controller_mounted_in_another_namespace() -> None:
@@ -413,3 +427,47 @@ def test_probe_child_runs_with_this_interpreter() -> None:
     assert "error" not in result, result
     assert set(result["namespaces"]) == set(NAMESPACE_KINDS)
     assert "ok" in result["overlay"]
+
+
+# -- the image store and its driver -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "store, explicit, status, words",
+    [
+        ({"root": "/s", "exists": True, "fstype": "ext4",
+          "drivers": {"btrfs": "the store /s is on ext4, not btrfs", "overlay": None, "copy": None}},
+         None, "ok", "overlay for the store /s on ext4; not usable: btrfs"),
+        ({"root": "/s", "exists": True, "fstype": "btrfs", "drivers": {"btrfs": None, "overlay": None, "copy": None}},
+         None, "ok", "btrfs for the store"),
+        ({"root": "/s", "exists": True, "fstype": "overlay",
+          "drivers": {"btrfs": "not btrfs", "overlay": "the store is on overlay", "copy": None}},
+         None, "limited", "copy for the store"),
+        ({"root": "/s", "exists": True, "fstype": "ext4",
+          "drivers": {"btrfs": "the store /s is on ext4, not btrfs", "overlay": None, "copy": None}},
+         "btrfs", "missing", "PYCONTAIN_STORAGE_DRIVER=btrfs cannot work here"),
+        ({"root": "/s", "exists": True, "fstype": "ext4", "drivers": {"btrfs": "x", "overlay": None, "copy": None}},
+         "copy", "ok", "chosen by PYCONTAIN_STORAGE_DRIVER"),
+        ({"root": "/s", "exists": False, "fstype": "ext4"}, None, "ok", "not created yet"),
+        ({"root": "/s", "exists": False, "fstype": "overlay"}, None, "limited", "copy driver"),
+        ({"error": "PermissionError: denied"}, None, "unknown", "denied"),
+    ],
+)
+def test_storage_driver_row(store: dict[str, Any], explicit: str | None, status: str, words: str) -> None:
+    row = assess(hybrid_facts(store=store, storage_driver=explicit))["storage driver"]
+    assert row.status == status, row
+    assert words in row.detail
+    if status != "ok":
+        assert row.hint
+
+
+def test_store_facts_create_no_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    root = tmp_path / "store"
+    monkeypatch.setenv("PYCONTAIN_STORE", str(root))
+    facts = HostFacts.gather(run_probe=False)
+    assert facts.store["root"] == str(root) and facts.store["exists"] is False
+    assert facts.store["fstype"]  # the filesystem of the nearest existing parent
+    assert not root.exists()
+    root.mkdir()
+    facts = HostFacts.gather(run_probe=False)
+    assert facts.store["drivers"]["copy"] is None
