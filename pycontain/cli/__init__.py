@@ -84,8 +84,21 @@ def build_parser(modules: Iterable[str] | None = None) -> argparse.ArgumentParse
         register = getattr(module, "register", None)
         if callable(register):
             loaded.append((int(getattr(module, "ORDER", 100)), name, register))
-    for _order, _name, register in sorted(loaded, key=lambda t: (t[0], t[1])):
-        register(subparsers)
+    for _order, name, register in sorted(loaded, key=lambda t: (t[0], t[1])):
+        before = set(subparsers.choices)
+        try:
+            register(subparsers)
+        except Exception as e:  # e.g. an argparse option conflict in one topic
+            print(f"{PROG}: warning: commands of {name} unavailable: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            # Drop what the topic half-registered, so its commands fail as unknown
+            # rather than run without a handler.
+            for cmd in set(subparsers.choices) - before:
+                del subparsers.choices[cmd]
+            # argparse keeps the --help listing apart (a private list of pseudo actions).
+            subparsers._choices_actions[:] = [
+                a for a in subparsers._choices_actions if a.dest in subparsers.choices
+            ]
     return parser
 
 

@@ -112,6 +112,15 @@ def fake_topics(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     for name, mod in topics.items():
         monkeypatch.setitem(sys.modules, name, mod)
+    def register_badly(subparsers: Any) -> None:
+        p = subparsers.add_parser("zz_half", help="registers half, then fails")
+        p.add_argument("-h", "--hostname")  # conflicts with -h/--help: argparse raises
+
+    half = types.ModuleType("pycontain.cli.zz_half")
+    half.register = register_badly  # type: ignore[attr-defined]
+    topics["pycontain.cli.zz_half"] = half
+    for name, mod in topics.items():
+        monkeypatch.setitem(sys.modules, name, mod)
     names = [*topics, "pycontain.cli.zz_missing_module", "pycontain.cli.doctor"]
     monkeypatch.setattr(cli, "topic_modules", lambda: names)
     CALLS.clear()
@@ -133,6 +142,12 @@ def test_broken_topic_does_not_take_the_cli_down(fake_topics: None, capsys: pyte
     assert cli.main(["doctor", "--no-probe"]) == 0
     err = capsys.readouterr().err
     assert "warning: commands of pycontain.cli.zz_missing_module unavailable" in err
+    assert "warning: commands of pycontain.cli.zz_half unavailable: ArgumentError" in err
+    # The half-registered command is gone, not left without a handler.
+    assert cli.main(["zz_half"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    cli.main(["--help"])
+    assert "zz_half" not in capsys.readouterr().out
 
 
 def test_errors_become_messages_and_exit_codes(fake_topics: None, capsys: pytest.CaptureFixture[str]) -> None:
