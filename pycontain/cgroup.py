@@ -154,6 +154,30 @@ class Cgroup:
         return self
 
     @classmethod
+    def open(cls, name: str, *, parent: str = DEFAULT_PARENT) -> Cgroup:
+        """An existing pycontain cgroup, e.g. one a container made in another
+        process; writable (pycontain created it), so ``remove()`` works.
+
+        Raises:
+            InvalidArgument: a bad name.
+            NotFound: no such cgroup below ``parent``.
+
+        Example::
+
+            Cgroup.open("web-1a2b3c4d").stats()
+        """
+        name = validate_name(name)
+        parent = validate_parent(parent)
+        layout, backend = _layout_and_backend(None)
+        group = backend.attach(layout, parent, name)
+        if group is None:
+            raise NotFound("no such pycontain cgroup", field="name", value=name,
+                           hint="pycontain.cgroups() lists them")
+        self = cls._view(group, name, parent)
+        self._readonly = False
+        return self
+
+    @classmethod
     def current(cls) -> Cgroup:
         """A read-only view of the caller's own cgroup(s): stats and pids only.
 
