@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     repeat = args.repeat or (3 if args.quick else 30)
     signal.signal(signal.SIGTERM, _on_term)
+    # Also when started in the background by a shell, which ignores SIGINT there.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     t0 = time.monotonic()
     cg_before = cgroup_dirs()
