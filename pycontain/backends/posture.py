@@ -2,7 +2,7 @@
 
 :func:`read_posture` gathers, for one pid: its capability sets (as names),
 no_new_privs, seccomp mode and filter count, its namespaces (and which of
-them differ from the host's, i.e. PID 1's), and its mounts. This is what
+them differ from the caller's), and its mounts. This is what
 ``Container.posture()`` shows, and what the tests compare with Docker's
 defaults: measured from the kernel, not read back from the configuration.
 
@@ -36,7 +36,7 @@ class Posture:
     Fields: ``pid``; ``capabilities``: set name -> capability names;
     ``no_new_privs``; ``seccomp``: "disabled", "strict" or "filter";
     ``seccomp_filters``: how many filters are stacked; ``namespaces``: kind
-    -> inode; ``own_namespaces``: kinds that differ from PID 1's;
+    -> inode; ``own_namespaces``: kinds that differ from the reference process's;
     ``mounts``: (mount point, fs type, options) as the process sees them.
     """
 
@@ -78,8 +78,12 @@ def parse_posture(pid: int, status: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def read_posture(pid: int) -> Posture:
+def read_posture(pid: int, reference: int | str = "self") -> Posture:
     """Read the confinement of process ``pid`` from /proc.
+
+    ``own_namespaces`` are the kinds where ``pid`` differs from ``reference``
+    (default: the caller, i.e. the container's creator; /proc/1 is not
+    always readable).
 
     Raises:
         InvalidArgument: ``pid`` is not a positive int.
@@ -94,8 +98,8 @@ def read_posture(pid: int) -> Posture:
     part = parse_posture(pid, proc.status(pid))
     mine = proc.namespace_ids(pid)
     try:
-        host = proc.namespace_ids(1)
-    except PycontainError:  # pragma: no cover - /proc/1 hidden (hidepid)
+        host = proc.namespace_ids(reference)
+    except PycontainError:  # pragma: no cover - reference gone
         host = {}
     own = tuple(sorted(k for k, v in mine.items() if k in host and host[k] != v))
     mounts = tuple((m.mount_point, m.fstype, ",".join(m.options)) for m in proc.mountinfo(pid))

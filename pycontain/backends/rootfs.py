@@ -439,7 +439,10 @@ def _in_own_cgroup_namespace() -> bool:
     try:
         return proc.namespace_id("self", "cgroup") != proc.namespace_id(1, "cgroup")
     except PycontainError:
-        return False
+        # /proc/1/ns may be unreadable (a sandboxed host). A process in a
+        # cgroup namespace of its own sees itself at "/" everywhere; a process
+        # at "/" without one sees the same whole tree either way, read-only.
+        return all(m.path == "/" for m in proc.proc_cgroup("self"))
 
 
 def _cgroup_mounts() -> list[proc.MountInfo]:

@@ -74,8 +74,12 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _harden(config: Config, program: bytes | None) -> None:
+def _harden(config: Config, program: bytes | None, uid: int | None = None) -> None:
     capabilities.drop_capabilities(keep=config.caps)
+    if uid is not None:  # like a USER line: switch after the capability drop, before no_new_privs
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
     if config.no_new_privs:
         capabilities.set_no_new_privs()
     seccomp.apply_seccomp(program)
@@ -83,7 +87,7 @@ def _harden(config: Config, program: bytes | None) -> None:
 
 def run_script(root: str, script: str, config: Config = HARDENED, *, plan: dict[str, Any] | None = None,
                before: Callable[[], None] | None = None, new: Iterable[str] = NAMESPACES,
-               enter: bool = True, timeout: float = 30) -> Run:
+               enter: bool = True, uid: int | None = None, timeout: float = 30) -> Run:
     """Run ``busybox sh -c script`` in a container on ``root``; stdout+stderr captured."""
     program = seccomp.compile_bpf(seccomp.load_profile(config.seccomp), config.caps)
     plan_obj = RootfsPlan(root, **(plan or {}))
@@ -94,7 +98,7 @@ def run_script(root: str, script: str, config: Config = HARDENED, *, plan: dict[
                 before()
             if enter:
                 enter_rootfs(plan_obj)
-            _harden(config, program)
+            _harden(config, program, uid)
             if config.close_fds:
                 capabilities.close_fds((0, 1, 2))
             os.execv("/bin/busybox", ["sh", "-c", script])
@@ -116,13 +120,16 @@ def run_script(root: str, script: str, config: Config = HARDENED, *, plan: dict[
 
 
 def run_probes(root: str, probes: Callable[[], Any], config: Config = HARDENED, *,
-               plan: dict[str, Any] | None = None, new: Iterable[str] = NAMESPACES, timeout: float = 30) -> Any:
+               plan: dict[str, Any] | None = None, new: Iterable[str] = NAMESPACES,
+               before: Callable[[], None] | None = None, timeout: float = 30) -> Any:
     """Enter the container, harden per ``config``, run ``probes()`` in Python
     (already imported: the rootfs has no Python) and return its value."""
     program = seccomp.compile_bpf(seccomp.load_profile(config.seccomp), config.caps)
     plan_obj = RootfsPlan(root, **(plan or {}))
 
     def target() -> Any:
+        if before is not None:
+            before()
         enter_rootfs(plan_obj)
         _harden(config, program)
         return probes()
