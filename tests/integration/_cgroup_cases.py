@@ -436,3 +436,46 @@ def test_bad_input_before_any_cgroup() -> None:
         field, value = next(iter(kw.items()))
         assert info.value.field == field and info.value.value == value
     assert set(cgroups()["name"]) == before
+
+
+# -- hugetlb ------------------------------------------------------------------------------------------------
+
+MAP_HUGETLB = 0x40000  # <asm-generic/mman.h>; Python's mmap module lacks it
+
+
+def touch_huge_pages(n: int) -> int:
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_HUGETLB)
+    try:
+        for i in range(0, n, 2 * MiB):
+            m[i] = 1  # the fault charges one huge page to the cgroup
+    finally:
+        m.close()
+    return n
+
+
+@pytest.fixture
+def huge_pages() -> Iterator[None]:
+    """Four 2 MiB huge pages in the pool for the test, the old pool size after."""
+    path = "/proc/sys/vm/nr_hugepages"
+    if not os.path.exists("/sys/kernel/mm/hugepages/hugepages-2048kB"):
+        pytest.skip("no 2 MiB huge pages on this machine")
+    with open(path) as f:
+        old = f.read().strip()
+    with open(path, "w") as f:
+        f.write(str(int(old) + 4))
+    try:
+        with open("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") as f:
+            if int(f.read()) < 4:
+                pytest.skip("could not reserve 4 huge pages (memory fragmented)")
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+
+
+def test_hugetlb_limit(huge_pages: None) -> None:
+    with Cgroup(new_name(), hugetlb={"2MB": "2M"}) as cg:
+        # The second huge page is over the limit: the fault kills with SIGBUS.
+        assert cg.spawn(touch_huge_pages, 4 * MiB).wait(timeout=120) == -signal.SIGBUS
+    with Cgroup(new_name(), hugetlb={"2MB": "8M"}) as cg:
+        assert cg.call(touch_huge_pages, 4 * MiB, timeout=120) == 4 * MiB
