@@ -241,6 +241,16 @@ class Container:
         self._save()
 
     def _save(self, **extra: Any) -> None:
+        if self._external:
+            # Another process created it: update what changed, keep the rest
+            # (creator pid, options) as its creator recorded them.
+            if self._removed:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                data = dict(read_json(self._state_path / "state.json"))
+                data.update(status=self._status, exit_code=self._exit_code, **extra)
+                write_json(self._state_path / "state.json", data)
+            return
         data = {
             "name": self.name,
             "id": self.id,
@@ -263,7 +273,7 @@ class Container:
         }
         self._created = data["created"]
         data.update(extra)
-        if not self._removed and not self._external:
+        if not self._removed:
             write_json(self._state_path / "state.json", data)
 
     @property
@@ -1022,7 +1032,7 @@ def _iter_states() -> Iterator[dict[str, Any]]:
         return
     for entry in sorted(root.iterdir()):
         try:
-            yield read_json(entry / "state.json")
+            yield _refresh(dict(read_json(entry / "state.json")))
         except (OSError, ValueError):
             continue
 
@@ -1177,6 +1187,17 @@ def get(name: str) -> dict[str, Any]:
     """
     validate_name(name)
     try:
-        return dict(read_json(_containers_dir() / name / "state.json"))
+        state = dict(read_json(_containers_dir() / name / "state.json"))
     except FileNotFoundError:
         raise NotFound("no such container", field="name", value=name, hint="pycontain ps -a lists them") from None
+    return _refresh(state)
+
+
+def _refresh(state: dict[str, Any]) -> dict[str, Any]:
+    """A recorded state brought up to date: a PID 1 that is gone means exited,
+    with the status its init wrote to the ``exit`` file."""
+    if state.get("status") in ("running", "paused") and not _alive(state.get("pid")):
+        state["status"] = "exited"
+        if state.get("exit_code") is None:
+            state["exit_code"] = _ExternalProcess(0, _containers_dir() / str(state.get("name")) / "exit")._read_status()
+    return state

@@ -1,0 +1,272 @@
+"""Container commands in the manner of docker and podman: ``run``, ``ps``,
+``exec``, ``stop``, ``kill``, ``pause``, ``unpause``, ``rm``, ``logs``,
+``stats`` and ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+ORDER = 10
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run a command in a new container",
+                              description="Run COMMAND in a new container from IMAGE ('host' = the host's "
+                                          "root, copy-on-write). The exit code is the container's.")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background; print the name")
+    p.add_argument("--name", help="container name")
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 512M")
+    p.add_argument("--cpus", help="CPU limit, e.g. 0.5")
+    p.add_argument("--pids-limit", dest="pids", help="process limit")
+    p.add_argument("--cpuset-cpus", dest="cpuset", help="CPUs allowed, e.g. 0-1")
+    p.add_argument("--network", "--net", dest="network", default="none", help="none (default), host, bridge, NAME")
+    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE (repeatable)")
+    p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] (repeatable)")
+    p.add_argument("-w", "--workdir", help="working directory inside")
+    p.add_argument("-u", "--user", help="user[:group] inside")
+    p.add_argument("--hostname", help="hostname inside")
+    p.add_argument("-p", "--publish", action="append", default=[], help="HOSTPORT:CONTAINERPORT on 127.0.0.1")
+    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
+    p.add_argument("--cap-add", action="append", default=[], help="add a capability")
+    p.add_argument("--cap-drop", action="append", default=[], help="drop a capability")
+    p.add_argument("--security-opt", action="append", default=[], help="seccomp=unconfined|PROFILE.json")
+    p.add_argument("image", help="image tag, or 'host'")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
+    p.set_defaults(handler=cmd_run)
+
+    p = subparsers.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="also exited ones")
+    p.add_argument("-q", "--quiet", action="store_true", help="names only")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(handler=cmd_ps)
+
+    p = subparsers.add_parser("exec", help="run a command in a running container")
+    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE")
+    p.add_argument("-w", "--workdir", help="working directory inside")
+    p.add_argument("name")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(handler=cmd_exec)
+
+    p = subparsers.add_parser("stop", help="stop containers (SIGTERM, then SIGKILL)")
+    p.add_argument("-t", "--time", type=float, default=10, help="seconds before SIGKILL (default 10)")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(handler=cmd_stop)
+
+    p = subparsers.add_parser("kill", help="send a signal to containers")
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(handler=cmd_kill)
+
+    for verb, helptext in (("pause", "freeze every process of containers"), ("unpause", "thaw paused containers")):
+        p = subparsers.add_parser(verb, help=helptext)
+        p.add_argument("names", nargs="+")
+        p.set_defaults(handler=cmd_pause if verb == "pause" else cmd_unpause)
+
+    p = subparsers.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill running ones first")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(handler=cmd_rm)
+
+    p = subparsers.add_parser("logs", help="print a detached container's output")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_logs)
+
+    p = subparsers.add_parser("stats", help="resource usage of running containers")
+    p.add_argument("--no-stream", action="store_true", help="print once (the default is once too)")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(handler=cmd_stats)
+
+    p = subparsers.add_parser("inspect", help="a container's state and configuration as JSON")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(handler=cmd_inspect)
+
+
+def _err(msg: str) -> None:
+    print(f"pycontain: {msg}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pycontain.container import Container
+    from pycontain.errors import InvalidArgument
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    seccomp = "default"
+    for opt in args.security_opt:
+        key, _, value = opt.partition("=")
+        if key != "seccomp" or not value:
+            raise InvalidArgument("unsupported --security-opt", field="security-opt", value=opt,
+                                  hint="seccomp=unconfined or seccomp=/path/profile.json")
+        seccomp = value
+    ports: dict[str, str] = {}
+    for spec in args.publish:
+        host, sep, inside = spec.rpartition(":")
+        if not sep:
+            raise InvalidArgument("--publish is HOSTPORT:CONTAINERPORT", field="publish", value=spec)
+        ports[host] = inside
+    c = Container(
+        image=args.image, command=command or None, name=args.name, memory=args.memory, cpus=args.cpus,
+        pids=args.pids, cpuset=args.cpuset, network=args.network, hostname=args.hostname, env=args.env or None,
+        volumes=args.volume or None, workdir=args.workdir, user=args.user, read_only=args.read_only,
+        cap_add=args.cap_add, cap_drop=args.cap_drop, seccomp=seccomp, detach=args.detach,
+        ports={int(k) if k.isdigit() else k: int(v) if v.isdigit() else v for k, v in ports.items()} or None,
+    )
+    if args.detach:
+        try:
+            c.start(log=True)
+        except BaseException:
+            c.remove(force=True)
+            raise
+        print(c.name)
+        return 0
+    try:
+        tty_in = sys.stdin.fileno() if sys.stdin is not None and not sys.stdin.closed else None
+        c.start(stdin=tty_in)
+        code = c.wait()
+        if c.oom_killed:
+            _err(f"{c.name}: OOM-killed (memory limit {args.memory})")
+        return code
+    except KeyboardInterrupt:
+        c.kill("TERM")
+        return c.wait()
+    finally:
+        if args.rm:
+            c.remove(force=True)
+        elif c.status == "exited":
+            # The cgroup goes now, like docker's; the record and the writable
+            # layer stay for ps -a, logs, commit and rm.
+            c._release_cgroup()
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from pycontain.container import containers
+
+    df = containers(all=args.all)
+    if args.quiet:
+        for name in df["name"]:
+            print(name)
+        return 0
+    if args.format == "json":
+        print(df.to_json(orient="records", date_format="iso"))
+        return 0
+    if df.empty:
+        print("NAME  STATUS  PID  IMAGE  COMMAND  CREATED")
+        return 0
+    show = df[["name", "status", "pid", "image", "command", "created"]].copy()
+    show["created"] = show["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    show["pid"] = show["pid"].fillna(0).astype(int)
+    print(show.to_string(index=False, header=[c.upper() for c in show.columns]))
+    return 0
+
+
+def _open(name: str) -> Any:
+    from pycontain.container import Container
+
+    return Container.open(name)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from pycontain.errors import InvalidArgument
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise InvalidArgument("exec needs a command", field="command", value=command)
+    c = _open(args.name)
+    return int(c.exec(command, env=args.env or None, workdir=args.workdir))
+
+
+def _each(names: list[str], action: Any) -> int:
+    from pycontain.errors import PycontainError
+
+    code = 0
+    for name in names:
+        try:
+            action(_open(name))
+            print(name)
+        except PycontainError as e:
+            _err(str(e))
+            code = 1
+    return code
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _each(args.names, lambda c: c.stop(timeout=args.time))
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from pycontain.container_config import parse_signal
+
+    sig = parse_signal(args.signal)
+    return _each(args.names, lambda c: c.kill(sig))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _each(args.names, lambda c: c.pause())
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    return _each(args.names, lambda c: c.resume())
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    return _each(args.names, lambda c: c.remove(force=args.force))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    c = _open(args.name)
+    path = c._state_path / "output.log"
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        while True:
+            data = f.read()
+            if data:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            elif not args.follow or c.status not in ("running", "paused"):
+                break
+            else:
+                time.sleep(0.1)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from pycontain.container import containers
+    from pycontain.units import format_size
+
+    names = args.names or list(containers(all=False)["name"])
+    rows = []
+    for name in names:
+        c = _open(name)
+        u = c.usage()
+        rows.append({
+            "NAME": name,
+            "CPU s": f"{u.get('cpu_s', float('nan')):.2f}",
+            "MEM": format_size(int(u["mem_bytes"])) if u.get("mem_bytes") == u.get("mem_bytes") and
+            "mem_bytes" in u else "-",
+            "PIDS": int(u["pids"]) if "pids" in u and u["pids"] == u["pids"] else "-",
+            "NET RX/TX": f"{int(u.get('net_rx_bytes', 0))}/{int(u.get('net_tx_bytes', 0))}",
+        })
+    print(pd.DataFrame(rows).to_string(index=False) if rows else "NAME  CPU s  MEM  PIDS  NET RX/TX")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pycontain.container import get
+
+    print(json.dumps([get(name) for name in args.names], indent=2, default=str))
+    return 0
