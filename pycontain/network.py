@@ -312,15 +312,28 @@ def _prune(rec: dict[str, Any]) -> bool:
     return bool(gone)
 
 
-def _overlaps(net: ipaddress.IPv4Network, skip: str | None = None) -> str | None:
-    for rec in _load_all():
-        if rec["name"] != skip and net.overlaps(ipaddress.IPv4Network(rec["subnet"])):
-            return f"pycontain network {rec['name']!r} ({rec['subnet']})"
-    own = frozenset(r["bridge"] for r in _load_all())
-    for where, other in netlink.host_ipv4_networks(ignore_ifnames=own):
+def _in_use() -> list[tuple[str, ipaddress.IPv4Network]]:
+    recs = _load_all()
+    used = [(f"pycontain network {r['name']!r}", ipaddress.IPv4Network(r["subnet"])) for r in recs]
+    own = frozenset(r["bridge"] for r in recs)
+    return used + netlink.host_ipv4_networks(ignore_ifnames=own)
+
+
+def _overlaps(net: ipaddress.IPv4Network) -> str | None:
+    for where, other in _in_use():
         if net.overlaps(other):
             return f"{where} ({other})"
     return None
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = _in_use()
+    for third in range(1, 255):
+        candidate = ipaddress.IPv4Network(f"10.213.{third}.0/24")
+        if not any(candidate.overlaps(other) for _, other in used):
+            return candidate
+    raise InvalidArgument("no free /24 left in 10.213.0.0/16", field="subnet", value=None,
+                          hint="give a subnet explicitly, e.g. subnet='172.30.0.0/24'")
 
 
 # -- public API -------------------------------------------------------------------
@@ -425,8 +438,11 @@ class Network:
     # -- life cycle
 
     @classmethod
-    def create(cls, name: str, subnet: str = "10.213.1.0/24") -> Network:
+    def create(cls, name: str, subnet: str | None = None) -> Network:
         """Create network ``name``: a bridge whose address is the subnet's first host.
+
+        ``subnet`` is a private IPv4 CIDR (``"10.213.7.0/24"``); by default the
+        first free ``/24`` of 10.213.1.0 - 10.213.254.0.
 
         Raises:
             InvalidArgument: a bad or reserved name, an invalid CIDR, a
@@ -447,16 +463,19 @@ class Network:
 
     @classmethod
     def _create(cls, name: str, subnet: Any) -> Network:
-        net = _parse_subnet(subnet)
-        gateway = str(next(net.hosts()))
+        net = None if subnet is None else _parse_subnet(subnet)
         with _locked():
             if _load(name) is not None:
                 raise AlreadyExists("a network with this name exists", op="create network", field="name",
                                     value=name, hint=f"use Network.get({name!r}) or remove it first")
-            clash = _overlaps(net)
-            if clash is not None:
-                raise InvalidArgument(f"the subnet overlaps {clash}", field="subnet", value=str(subnet),
-                                      hint="pick a range this host does not use")
+            if net is None:
+                net = _free_subnet()
+            else:
+                clash = _overlaps(net)
+                if clash is not None:
+                    raise InvalidArgument(f"the subnet overlaps {clash}", field="subnet", value=str(subnet),
+                                          hint="pick a range this host does not use")
+            gateway = str(next(net.hosts()))
             bridge = bridge_name(name)
             if netlink.link_exists(bridge):
                 raise AlreadyExists("the bridge interface already exists", op="create network", field="bridge",
