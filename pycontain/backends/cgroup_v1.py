@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 from pycontain.backends.cgroup_limits import (
-    DEFAULT_CPU_PERIOD_US,
     UNLIMITED,
     Limits,
     bytes_or_inf,
@@ -337,9 +336,9 @@ class V1Group:
             self._apply_memory(limits)
         if limits.cpus is not None or limits.cpu_period_us is not None:
             cpu = d["cpu"]
+            # A new cgroup starts with the kernel's 100 ms period; an update
+            # of cpus alone keeps the period the cgroup has.
             period = limits.cpu_period_us or int(cgroupfs.read(cpu + "/cpu.cfs_period_us"))
-            if limits.cpu_period_us is None and limits.cpus is not None:
-                period = DEFAULT_CPU_PERIOD_US
             cpus = limits.cpus
             if cpus is None:
                 quota_now = int(cgroupfs.read(cpu + "/cpu.cfs_quota_us"))

@@ -21,7 +21,7 @@ import signal
 import time
 from typing import Any
 
-from pycontain.backends.cgroup_limits import DEFAULT_CPU_PERIOD_US, UNLIMITED, Limits
+from pycontain.backends.cgroup_limits import UNLIMITED, Limits
 from pycontain.errors import AlreadyExists, KernelError, PycontainError, Timeout, Unsupported
 from pycontain.kernel import cgroupfs
 from pycontain.kernel.cgroupfs import CgroupLayout
@@ -194,7 +194,7 @@ class V2Group:
         if limits.cpus is not None or limits.cpu_period_us is not None:
             # cpu.max is "$QUOTA $PERIOD" in one file (v1: cfs_quota_us + cfs_period_us).
             quota_s, _, period_s = cgroupfs.read(p + "/cpu.max").strip().partition(" ")
-            period = limits.cpu_period_us or (DEFAULT_CPU_PERIOD_US if limits.cpus is not None else int(period_s))
+            period = limits.cpu_period_us or int(period_s)  # keep the cgroup's period unless given
             cpus = limits.cpus
             if cpus is None:
                 cpus = UNLIMITED if quota_s == "max" else int(quota_s) / int(period_s)
