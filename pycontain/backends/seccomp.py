@@ -244,7 +244,22 @@ def _action(obj: Any, where: str) -> str:
     return str(obj)
 
 
-def _errno_ret(action: str, obj: Any, where: str) -> int | None:
+def _errno_name(obj: Any, where: str) -> int | None:
+    # containers-common's profiles also spell the errno out ("errno": "EPERM").
+    if obj is None:
+        return None
+    value = getattr(errno, obj, None) if isinstance(obj, str) and obj.startswith("E") else None
+    if not isinstance(value, int):
+        raise _bad("unknown errno name", where, obj, hint='e.g. "EPERM"')
+    return value
+
+
+def _errno_ret(action: str, obj: Any, where: str, name: Any = None) -> int | None:
+    by_name = _errno_name(name, where.replace("errnoRet", "errno").replace("ErrnoRet", "Errno"))
+    if obj is None:
+        obj = by_name
+    elif by_name is not None and by_name != obj:
+        raise _bad("errno and errnoRet disagree", where, [obj, name])
     if obj is None:
         return None
     if action not in ("SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"):
@@ -293,7 +308,8 @@ def _arg(obj: Any, where: str) -> ArgCondition:
 
 
 def _rule(obj: Any, where: str) -> SyscallRule:
-    m = _mapping(obj, where, ("names", "name", "action", "errnoRet", "args", "comment", "includes", "excludes"))
+    m = _mapping(obj, where, ("names", "name", "action", "errnoRet", "errno", "args", "comment", "includes",
+                              "excludes"))
     if "names" in m and "name" in m:
         raise _bad("give names or name, not both", where, dict(m))
     if "names" in m:
@@ -320,7 +336,7 @@ def _rule(obj: Any, where: str) -> SyscallRule:
     return SyscallRule(
         names=names,
         action=action,
-        errno_ret=_errno_ret(action, m.get("errnoRet"), f"{where}.errnoRet"),
+        errno_ret=_errno_ret(action, m.get("errnoRet"), f"{where}.errnoRet", m.get("errno")),
         args=tuple(_arg(a, f"{where}.args[{i}]") for i, a in enumerate(args)),
         includes_caps=inc["caps"],
         excludes_caps=exc["caps"],
@@ -333,9 +349,10 @@ def _rule(obj: Any, where: str) -> SyscallRule:
 def parse_profile(data: Any) -> Profile:
     """Validate a Docker-format profile (a dict, as ``json.load`` gives it).
 
-    Accepted keys: ``defaultAction``, ``defaultErrnoRet``, ``architectures``,
+    Accepted keys: ``defaultAction``, ``defaultErrnoRet`` (or the name,
+    ``defaultErrno``, as containers-common writes it), ``architectures``,
     ``archMap`` (``[{"architecture", "subArchitectures"}]``), ``syscalls``
-    (entries: ``names`` (or legacy ``name``), ``action``, ``errnoRet``,
+    (entries: ``names`` (or legacy ``name``), ``action``, ``errnoRet``/``errno``,
     ``args`` (``index value valueTwo op``), ``includes``/``excludes``
     (``caps arches minKernel``), ``comment``), ``flags`` (ignored) and
     ``comment``. Anything else is refused rather than silently ignored.
@@ -348,12 +365,12 @@ def parse_profile(data: Any) -> Profile:
         parse_profile({"defaultAction": "SCMP_ACT_ALLOW",
                        "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}]})
     """
-    m = _mapping(data, "profile", ("defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls",
-                                   "flags", "comment"))
+    m = _mapping(data, "profile", ("defaultAction", "defaultErrnoRet", "defaultErrno", "architectures", "archMap",
+                                   "syscalls", "flags", "comment"))
     if "defaultAction" not in m:
         raise _bad("a profile needs defaultAction", "defaultAction", None, hint='e.g. "SCMP_ACT_ERRNO"')
     default = _action(m["defaultAction"], "defaultAction")
-    default_errno = _errno_ret(default, m.get("defaultErrnoRet"), "defaultErrnoRet")
+    default_errno = _errno_ret(default, m.get("defaultErrnoRet"), "defaultErrnoRet", m.get("defaultErrno"))
     arches: list[str] = []
     if "architectures" in m:
         arches.extend(_str_list(m["architectures"], "architectures"))
