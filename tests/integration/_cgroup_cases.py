@@ -61,9 +61,25 @@ def spin(seconds: float) -> float:
     return time.monotonic() - t0
 
 
-def spin_until(deadline: float) -> None:
+def spin_until(deadline: float, marker: str | None = None) -> None:
+    if marker:
+        open(marker, "w").close()  # tells the test that start-up is over
     while time.monotonic() < deadline:
         pass
+
+
+def measure_cores(cgs: list[Cgroup], markers: list[str], seconds: float) -> list[float]:
+    """Cores each cgroup used over ``seconds``, once all markers exist: the
+    cgroups' own CPU counters against the test's wall clock, so start-up
+    (slow in the VM) is left out."""
+    wait_for(lambda: all(os.path.exists(m) for m in markers), timeout=300)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    c0 = [cg.stats_dict()["cpu_s"] for cg in cgs]
+    time.sleep(seconds)
+    c1 = [cg.stats_dict()["cpu_s"] for cg in cgs]
+    t1 = time.monotonic()
+    return [(b - a) / (t1 - t0) for a, b in zip(c0, c1)]
 
 
 def fork_until_failure(limit: int) -> tuple[int, int | None]:
@@ -174,52 +190,59 @@ def test_memory_update_live() -> None:
 # -- cpu ------------------------------------------------------------------------------------------------
 
 
-def cores_available(seconds: float = 1.0) -> float:
+def cores_available(tmp: str, seconds: float = 1.0) -> float:
     """How many cores an unlimited spinner gets right now (1.0 on an idle machine)."""
+    marker = os.path.join(tmp, f"control-{uuid.uuid4().hex[:6]}")
     with Cgroup(new_name()) as cg:
-        wall = cg.call(spin, seconds, timeout=120)
-        return cg.stats_dict()["cpu_s"] / wall
+        child = cg.spawn(spin_until, time.monotonic() + 600, marker)
+        try:
+            return measure_cores([cg], [marker], seconds)[0]
+        finally:
+            cg.kill()
+            child.wait()
 
 
-def test_cpu_quota_half_a_core() -> None:
+def test_cpu_quota_half_a_core(tmp_path: object) -> None:
     # On the shared 2-core host other jobs can starve the child below its
     # quota; that is noise, not a failure of the quota. Such attempts are
     # recognised by a control spinner that cannot get a whole core either,
     # and repeated.
     results = []
-    for _ in range(4):
+    for attempt in range(4):
+        marker = os.path.join(str(tmp_path), f"quota-{attempt}")
         with Cgroup(new_name(), cpus=0.5) as cg:
-            wall = cg.call(spin, 2.0, timeout=120)
+            child = cg.spawn(spin_until, time.monotonic() + 600, marker)
+            used = measure_cores([cg], [marker], 2.0)[0]
             s = cg.stats_dict()
-        used = s["cpu_s"] / wall
+            cg.kill()
+            child.wait()
         assert used <= 0.55, f"used {used:.3f} cores with a 0.5 quota"  # never above, noise or not
         if abs(used - 0.5) <= 0.05:
-            assert s["cpu_throttled_periods"] > 0
+            assert s["cpu_throttled_periods"] > 0 and s["cpu_throttled_s"] > 0
             return
-        control = cores_available()
-        results.append(f"used {used:.3f} cores over {wall:.2f} s (an unlimited spinner got {control:.2f})")
+        control = cores_available(str(tmp_path))
+        results.append(f"used {used:.3f} cores (an unlimited spinner got {control:.2f})")
         assert control < 0.9, "the quota child was slowed below its quota on an idle machine: " + results[-1]
         time.sleep(1.0)
     pytest.skip("the host is too busy to measure a CPU quota: " + "; ".join(results))
 
 
-def test_cpu_weights_split_a_contended_cpu() -> None:
+def test_cpu_weights_split_a_contended_cpu(tmp_path: object) -> None:
     cpu = str(min(os.sched_getaffinity(0)))
 
     def check() -> tuple[bool, str]:
+        markers = [os.path.join(str(tmp_path), f"w-{uuid.uuid4().hex[:6]}") for _ in range(2)]
         with Cgroup(new_name(), cpuset=cpu, cpu_weight=100) as low, \
                 Cgroup(new_name(), cpuset=cpu, cpu_weight=300) as high:
-            end = time.monotonic() + 3.0
-            a = low.spawn(spin_until, end)
-            b = high.spawn(spin_until, end)
-            time.sleep(0.5)  # both are running and competing now
-            l0, h0 = low.stats_dict()["cpu_s"], high.stats_dict()["cpu_s"]
-            time.sleep(2.0)
-            l1, h1 = low.stats_dict()["cpu_s"], high.stats_dict()["cpu_s"]
-            a.result(timeout=120)
-            b.result(timeout=120)
-        ratio = (h1 - h0) / max(l1 - l0, 1e-9)
-        return abs(ratio - 3.0) <= 0.45, f"high/low CPU ratio {ratio:.2f} (want 3 +- 15%), {h1 - h0:.2f}/{l1 - l0:.2f} s"
+            end = time.monotonic() + 600
+            a = low.spawn(spin_until, end, markers[0])
+            b = high.spawn(spin_until, end, markers[1])
+            lo, hi = measure_cores([low, high], markers, 2.0)
+            for cg, child in ((low, a), (high, b)):
+                cg.kill()
+                child.wait()
+        ratio = hi / max(lo, 1e-9)
+        return abs(ratio - 3.0) <= 0.45, f"high/low CPU ratio {ratio:.2f} (want 3 +- 15%), {hi:.2f}/{lo:.2f} cores"
 
     retry_once(check)
 
