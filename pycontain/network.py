@@ -682,12 +682,15 @@ def networks() -> pandas.DataFrame:
 
 
 def resolve_network(value: Any) -> str | Network:
-    """Check a container's ``network=``: ``"none"``, ``"host"``, or a :class:`Network`.
+    """Check a container's ``network=``: ``"none"``, ``"host"``, ``"bridge"``,
+    a network's name, or a :class:`Network`.
 
-    ``"bridge"`` becomes :meth:`Network.default` (created on first use).
+    ``"bridge"`` becomes :meth:`Network.default` (created on first use), a
+    name the :class:`Network` of that name.
 
     Raises:
         InvalidArgument: anything else (field ``network``).
+        NotFound: a name no network has.
     """
     if isinstance(value, Network):
         return value
@@ -695,8 +698,10 @@ def resolve_network(value: Any) -> str | Network:
         return str(value)
     if value == DEFAULT_NAME:
         return Network.default()
+    if isinstance(value, str) and _NAME_RE.match(value):
+        return Network.get(value)
     raise InvalidArgument("unknown network", field="network", value=value,
-                          hint="'none' (default), 'host', 'bridge' or a pycontain.Network")
+                          hint="'none' (default), 'host', 'bridge', a network's name or a pycontain.Network")
 
 
 def setup_loopback(netns: netlink.NetnsRef) -> None:
@@ -886,12 +891,6 @@ def _check_network_arg(network: Any, ports: Any, bandwidth: Any) -> tuple[list[t
     return pairs, bits
 
 
-def _resolve(network: Any) -> str | Network:
-    if isinstance(network, str) and network not in ("none", "host", DEFAULT_NAME):
-        return Network.get(network)
-    return resolve_network(network)
-
-
 def connect(netns: netlink.NetnsRef | None, network: Any, name: str, ports: Any = None,
             bandwidth: int | str | None = None) -> Attachment:
     """Give the netns ``netns`` the network ``network=`` asks for.
@@ -920,7 +919,7 @@ def connect(netns: netlink.NetnsRef | None, network: Any, name: str, ports: Any 
     """
     _pairs, bits = _check_network_arg(network, ports, bandwidth)
     _check_hostname(name)
-    resolved = _resolve(network)
+    resolved = resolve_network(network)
     if resolved == "host":
         return Attachment("host")
     if netns is None:
@@ -968,7 +967,7 @@ def prepare_endpoint(container: Any, network: Any) -> Attachment:
     bandwidth = getattr(config, "bandwidth", None)
     _check_network_arg(network, ports, bandwidth)
     name = _check_hostname(container.name)
-    resolved = _resolve(network)
+    resolved = resolve_network(network)
     if isinstance(resolved, str):
         # "host": nothing to make; "none": the container unshares its own netns.
         return Attachment(resolved)

@@ -402,22 +402,20 @@ def htb_classid_shaping(ifname: str, classid: int, rate_bits: int, prog_fd: int,
     """
     major = classid >> 16
     rate_bytes = rate_bits // 8
+    burst = _burst(rate_bytes)
     with _iproute(netns) as ipr:
-        index = None
-        with _op("link lookup", ifname):
-            index = _need_index(ipr, ifname)
-        kinds = []
         with _op("dump qdiscs", ifname):
-            kinds = [(q.get_attr("TCA_KIND"), q["handle"], q["parent"]) for q in ipr.get_qdiscs(index)]
-        has_htb = any(k == "htb" and h == major << 16 and p == TC_H_ROOT for k, h, p in kinds)
-        if not has_htb:
+            index = _need_index(ipr, ifname)
+            roots = [(q.get_attr("TCA_KIND"), q["handle"]) for q in ipr.get_qdiscs(index) if q["parent"] == TC_H_ROOT]
+        if ("htb", major << 16) not in roots:
             with _op("add htb qdisc", ifname):
                 ipr.tc("replace", "htb", index, handle=major << 16, default=0)
         with _op("set htb class", ifname):
             ipr.tc("replace-class", "htb", index, handle=classid, parent=major << 16,
-                   rate=rate_bytes, ceil=rate_bytes, burst=_burst(rate_bytes), cburst=_burst(rate_bytes))
-        if not any(True for _ in ipr.get_filters(index=index, parent=major << 16)
-                   if _.get_attr("TCA_KIND") == "bpf"):
+                   rate=rate_bytes, ceil=rate_bytes, burst=burst, cburst=burst)
+        with _op("dump filters", ifname):
+            kinds = {f.get_attr("TCA_KIND") for f in ipr.get_filters(index=index, parent=major << 16)}
+        if "bpf" not in kinds:
             with _op("add bpf classid filter", ifname):
                 ipr.tc("add-filter", "bpf", index, handle=1, parent=major << 16, prio=1,
                        protocol=ETH_P_ALL, fd=prog_fd, name="pycontain_classid")

@@ -108,10 +108,12 @@ def test_invalid_or_reserved_network_names(fake: FakeNetlink, name: Any) -> None
 def test_resolve_network_rejects_unknown_values() -> None:
     assert pcnet.resolve_network("none") == "none"
     assert pcnet.resolve_network("host") == "host"
-    for bad in ("bridged", "", None, 1, "NONE"):
+    for bad in ("", None, 1, "a b", "-x"):
         with pytest.raises(InvalidArgument) as e:
             pcnet.resolve_network(bad)
         assert e.value.field == "network"
+    with pytest.raises(NotFound):
+        pcnet.resolve_network("bridged")
 
 
 def test_interface_names_fit_ifnamsiz() -> None:
