@@ -28,7 +28,9 @@ from typing import Any
 # A case's run() returns None (the harness times the call, in ms), a number
 # (a value in the case's unit, e.g. MiB or ms it timed itself), or a mapping
 # {"value": number, <extra name>: number, ...} whose extras are reported too.
-RunResult = float | int | Mapping[str, float] | None
+# Any other return value (no "value" key, a Series, ...) is ignored and the
+# call is timed.
+RunResult = float | int | Mapping[str, float] | None | Any
 
 
 @dataclass
@@ -119,12 +121,16 @@ def _one(case: Case) -> tuple[float, dict[str, float]]:
     t0 = time.perf_counter()
     result = case.run()
     elapsed_ms = (time.perf_counter() - t0) * 1000.0
-    if result is None:
+    if isinstance(result, bool) or result is None:
         return elapsed_ms, {}
-    if isinstance(result, Mapping):
+    if isinstance(result, int | float):
+        return float(result), {}
+    if isinstance(result, Mapping) and "value" in result:
         extras = {k: float(v) for k, v in result.items() if k != "value"}
         return float(result["value"]), extras
-    return float(result), {}
+    # Anything else (a stats Series, a CompletedProcess...) is the call's own
+    # result, not a measurement: the call is timed, so `run=cg.stats` works.
+    return elapsed_ms, {}
 
 
 def run_groups(
