@@ -40,10 +40,21 @@ keyword            example                         meaning
 ``devices``        ``["deny /dev/null"]``,         device access rules, see
                    ``["deny a", "allow c 1:3"]``   :func:`pycontain.backends.cgroup_limits.parse_devices`
 ``net_classid``    ``0x100010`` or ``"10:10"``     net_cls classid for tc (v1 only)
-``net_prio``       ``{"eth0": 5}``                 net_prio.ifpriomap (v1 only; interface names of
-                                                   the caller's network namespace)
-``hugetlb``        ``{"2MB": "64M"}``              huge page limit per page size
+``net_prio``       ``{"eth0": 5}``                 net_prio.ifpriomap (v1 only; interfaces of the
+                                                   host's initial network namespace, as the
+                                                   kernel looks them up there)
+``hugetlb``        ``{"2MB": "64M"}``              huge page limit per page size (a fault past
+                                                   it is a SIGBUS)
 =================  ==============================  ===========================================
+
+Host specifics: on a hybrid host (v1 hierarchies plus systemd's cgroup2 at
+``/sys/fs/cgroup/unified``) the hugetlb controller is usually bound to the
+cgroup2 mount, so a cgroup with a ``hugetlb`` limit is also created there and
+its processes join it. net_cls and net_prio hierarchies are mounted by
+pycontain when the kernel has them but nobody mounted them, and unmounted
+when its last cgroup using them is removed. On cgroup v2, ``devices`` is a
+BPF program attached to the cgroup, and ``net_classid``/``net_prio`` raise
+:class:`~pycontain.errors.Unsupported`.
 """
 
 from __future__ import annotations

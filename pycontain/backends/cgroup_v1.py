@@ -387,7 +387,8 @@ class V1Group:
         if limits.net_classid is not None:
             cgroupfs.write(d["net_cls"] + "/net_cls.classid", str(limits.net_classid), field="net_classid")
         if limits.net_prio is not None:
-            # ifpriomap names interfaces of the *writer's* network namespace.
+            # ifpriomap takes names of the *initial* network namespace's
+            # interfaces: net/core/netprio_cgroup.c looks them up in init_net.
             for ifname, prio in limits.net_prio.items():
                 cgroupfs.write(d["net_prio"] + "/net_prio.ifpriomap", f"{ifname} {prio}", field="net_prio")
         if limits.hugetlb is not None:
