@@ -184,6 +184,13 @@ def cell_main(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd:
     mode) is the notebook's own namespace, already copied by fork. Returns
     the exit status: 0 on success, 1 if the cell raised.
     """
+    show = _prepare_process(event_fd)
+    ns: dict[str, Any] = namespace if namespace is not None else {"__name__": "__main__"}
+    ns.setdefault("display", _display_many(show))
+    return _run_one(code, inputs, outputs, event_fd, ns, show)
+
+
+def _prepare_process(event_fd: int) -> Callable[[Any], None]:
     import io
 
     # Fresh, unbuffered-by-line text streams on the pipes the engine set up:
@@ -192,8 +199,11 @@ def cell_main(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd:
     sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), line_buffering=True, write_through=True)
     show = _install_display(event_fd)
     _use_pipe_backend(event_fd)
-    ns: dict[str, Any] = namespace if namespace is not None else {"__name__": "__main__"}
-    ns.setdefault("display", _display_many(show))
+    return show
+
+
+def _run_one(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd: int, ns: dict[str, Any],
+             show: Callable[[Any], None]) -> int:
     if inputs:
         ns.update(pickle.loads(inputs))
     status = 0
@@ -211,6 +221,42 @@ def cell_main(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd:
     sys.stdout.flush()
     sys.stderr.flush()
     return status
+
+
+def cell_server(request_fd: int, event_fd: int) -> int:
+    """A persistent container's workload: run cells sent on ``request_fd`` one
+    after the other in one namespace, so state lives on across cells. Each
+    request is ``(code, inputs, outputs)``; each cell ends with a ``done``
+    event. Returns when the request pipe closes."""
+    import signal as _signal
+
+    show = _prepare_process(event_fd)
+    ns: dict[str, Any] = {"__name__": "__main__", "display": _display_many(show)}
+    # The notebook's stop button arrives as SIGINT: a KeyboardInterrupt in
+    # the cell, which ends the cell but keeps the namespace.
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    reader = _Reader()
+    while True:
+        try:
+            chunk = os.read(request_fd, 1 << 16)
+        except KeyboardInterrupt:
+            continue
+        if not chunk:
+            return 0
+        for kind, payload in reader.feed(chunk):
+            if kind != "cell":
+                continue
+            code, inputs, outputs = payload
+            try:
+                status = _run_one(code, inputs, outputs, event_fd, ns, show)
+            except KeyboardInterrupt:  # arrived between the cell and its report
+                status = 1
+            send_event(event_fd, "done", status)
+
+
+def send_request(fd: int, code: str, inputs: bytes | None, outputs: Iterable[str]) -> None:
+    """Ask a :func:`cell_server` to run one cell."""
+    send_event(fd, "cell", (code, inputs, list(outputs)))
 
 
 def _display_many(show: Callable[[Any], None]) -> Callable[..., None]:
@@ -264,7 +310,9 @@ class CellEvents:
 
     def pump(self, on_stdout: Callable[[str], None], on_stderr: Callable[[str], None],
              on_event: Callable[[str, Any], None], on_tick: Callable[[], None] | None = None,
-             tick: float = 0.25) -> None:
+             tick: float = 0.25, until: Callable[[], bool] | None = None) -> None:
+        """Dispatch output and events until every pipe closed, or ``until()``
+        is true (then what is already in the pipes is still delivered)."""
         import codecs
 
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
@@ -275,6 +323,9 @@ class CellEvents:
                 sel.register(fd, selectors.EVENT_READ, name)
             open_fds = set(self.fds)
             while open_fds:
+                if until is not None and until():
+                    self._drain(open_fds, decoders, on_stdout, on_stderr, on_event)
+                    return
                 for key, _ in sel.select(timeout=tick):
                     fd = int(key.fd)
                     try:
@@ -296,6 +347,28 @@ class CellEvents:
                     on_tick()
         finally:
             sel.close()
+
+
+    def _drain(self, open_fds: set[int], decoders: dict[str, Any], on_stdout: Callable[[str], None],
+               on_stderr: Callable[[str], None], on_event: Callable[[str, Any], None]) -> None:
+        # The child flushed its streams before its last event: whatever it
+        # wrote is in the pipes now; read without waiting.
+        for fd in list(open_fds):
+            name = self.fds[fd]
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    break
+                if name == "event":
+                    for kind, payload in self.reader.feed(chunk):
+                        on_event(kind, payload)
+                elif name == "stdout":
+                    on_stdout(decoders["stdout"].decode(chunk))
+                else:
+                    on_stderr(decoders["stderr"].decode(chunk))
 
 
 class RemoteCellError(Exception):

@@ -104,6 +104,8 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     blob, failed = pickle_inputs(shell.user_ns, in_names)
     if failed:
         raise UsageError(format_failed(failed, "in"))
+    if args.name:
+        return _run_persistent(shell, cell, args, persistent, blob, out_names)
     try:
         container = Container(
             image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, network=args.net,
@@ -175,6 +177,127 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     if line and (not args.quiet or code != 0):
         print(line, file=sys.stderr if code else sys.stdout)
     if "error" in outcome:
+        err = outcome["error"]
+        raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
+    if outcome.get("interrupted"):
+        raise KeyboardInterrupt
+
+
+class _Persistent:
+    """A named container whose Python state lives on across cells."""
+
+    def __init__(self, container: Any, request_w: int, event_r: int, stdout_r: int, stderr_r: int) -> None:
+        self.container = container
+        self.request_w = request_w
+        self.events = CellEvents(stdout_r, stderr_r, event_r)
+        self.fds = (request_w, event_r, stdout_r, stderr_r)
+
+    def remove(self, force: bool = True) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.container.remove(force=True)
+
+
+def _start_persistent(args: Any) -> _Persistent:
+    from pycontain.container import Container
+    from pycontain.notebook.cell import cell_server
+
+    try:
+        container = Container(image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
+                              network=args.net, name=args.name)
+    except InvalidArgument as e:
+        raise UsageError(str(e)) from None
+    req_r, req_w = os.pipe()
+    ev_r, ev_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    for fd in (req_w, ev_r, out_r, err_r):
+        os.set_inheritable(fd, False)
+    try:
+        container.start_python(cell_server, (req_r, ev_w), stdout=out_w, stderr=err_w, pass_fds=(req_r, ev_w))
+    except BaseException:
+        for fd in (req_w, ev_r, out_r, err_r):
+            os.close(fd)
+        container.remove(force=True)
+        raise
+    finally:
+        for fd in (req_r, ev_w, out_w, err_w):
+            os.close(fd)
+    return _Persistent(container, req_w, ev_r, out_r, err_r)
+
+
+def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any], blob: bytes,
+                    out_names: list[str]) -> None:
+    import signal
+
+    from pycontain.notebook.cell import send_request
+
+    p = persistent.get(args.name)
+    if p is not None and p.container.status != "running":
+        p.remove()
+        p = None
+        persistent.pop(args.name, None)
+    if p is None:
+        p = persistent[args.name] = _start_persistent(args)
+    container = p.container
+    t0 = time.monotonic()
+    cpu0 = container.usage().get("cpu_s", 0.0)
+    outcome: dict[str, Any] = {}
+    send_request(p.request_w, cell, blob, out_names)
+
+    def on_event(kind: str, payload: Any) -> None:
+        if kind == "display":
+            from IPython.display import publish_display_data
+
+            publish_display_data(payload["data"], payload["metadata"])
+        else:
+            outcome[kind] = payload
+
+    interrupted_at: list[float] = []
+
+    def on_tick() -> None:
+        now = time.monotonic()
+        if args.timeout is not None and now - t0 > args.timeout and "timeout" not in outcome:
+            outcome["timeout"] = args.timeout
+            container.kill("INT")
+            interrupted_at.append(now)
+        if interrupted_at and now - interrupted_at[0] > 3 and container.status == "running":
+            container.kill()  # it ignored SIGINT: end it
+
+    def finished() -> bool:
+        return "done" in outcome or container.status != "running"
+
+    try:
+        p.events.pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick, until=finished)
+    except KeyboardInterrupt:
+        # The stop button: interrupt the cell inside, keep the container.
+        container.kill(signal.SIGINT)
+        outcome["interrupted"] = True
+        try:
+            p.events.pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick, until=finished)
+        except KeyboardInterrupt:
+            container.kill()
+    usage = container.usage()
+    usage["cpu_s"] = usage.get("cpu_s", 0.0) - cpu0
+    wall = time.monotonic() - t0
+    code = 0 if outcome.get("done") == 0 else 1
+    if container.status != "running":
+        code = container.wait()
+        persistent.pop(args.name, None)
+        p.remove()
+    if "outputs" in outcome:
+        import cloudpickle
+
+        shell.user_ns.update(cloudpickle.loads(outcome["outputs"]["values"]))
+        if outcome["outputs"]["failed"]:
+            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    line = _summary(code, wall, usage, outcome)
+    if line and (not args.quiet or code != 0):
+        print(line.replace("container:", f"container {args.name}:", 1), file=sys.stderr if code else sys.stdout)
+    if "error" in outcome and not outcome.get("interrupted") and "timeout" not in outcome:
         err = outcome["error"]
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
