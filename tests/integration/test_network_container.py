@@ -54,6 +54,9 @@ def test_containers_talk_by_name_and_publish_a_port() -> None:
             srv.start()
             cli.start()
             assert cli.wait(30) == 0
+            # Traffic counters reach stats() (srv still waits for its second client).
+            st = srv.stats()
+            assert st["net_rx_bytes"] > 0 and st["net_tx_bytes"] > 0 and st["net_rx_packets"] > 0, st
             # The published port answers on the host's loopback.
             deadline = time.monotonic() + 10
             while True:
