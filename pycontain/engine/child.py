@@ -34,9 +34,15 @@ from pycontain.kernel import nsfs, syscalls
 
 # Message kinds on the status pipe (child -> parent). Each message is one
 # kind byte, a 4-byte big-endian length and a payload.
-MSG_UNSHARED = b"U"  # namespaces created; payload: pid (ascii). Parent answers on the sync pipe.
+# namespaces created; payload: b"first" or b"workload" and the kinds to persist.
+# The parent writes id maps (for "first") and binds, then answers b"G" on the sync pipe.
+MSG_UNSHARED = b"U"
 MSG_WORKLOAD = b"P"  # pid of the workload when an intermediate forked it (pid/time namespaces)
 MSG_ERROR = b"E"  # payload: a pickled PycontainError
+
+#: Kinds a relay unshares before forking the workload: pid and time only act
+#: on children, and a new user namespace must exist first to own the others.
+FORK_FIRST_KINDS = frozenset({"user", "pid", "time"})
 
 #: Exit code of a child whose setup failed (like a shell's "cannot execute").
 SETUP_FAILED = 127
@@ -77,6 +83,9 @@ def send(fd: int, kind: bytes, payload: bytes) -> None:
     write_all(fd, kind + len(payload).to_bytes(4, "big") + payload)
 
 
+_ATOMIC_PAYLOAD = 4096 - 5 - 64  # PIPE_BUF minus the header, with room to spare
+
+
 def _os_error(op: str, e: OSError, path: str | None = None) -> PycontainError:
     return kernel_error(op, e.errno or errno.EIO, path=path if path is not None else e.filename)
 
@@ -93,6 +102,12 @@ def _report(fd: int, exc: BaseException) -> None:
         payload = pickle.dumps(exc)
     except Exception:
         payload = pickle.dumps(PycontainError(str(exc), op="setup"))
+    if len(payload) > _ATOMIC_PAYLOAD:
+        # Writes up to PIPE_BUF are atomic: keep errors whole when a relay
+        # and its workload share the pipe.
+        short = PycontainError(str(exc)[:1500], op=getattr(exc, "op", None) or "setup",
+                               path=getattr(exc, "path", None), errno=getattr(exc, "errno", None))
+        payload = pickle.dumps(short)
     try:
         send(fd, MSG_ERROR, payload)
     except OSError:
@@ -283,6 +298,14 @@ def _run_target(spec: ChildSpec, ch: Channels, pickler: Any) -> NoReturn:
     os._exit(code)
 
 
+def _ask_parent(ch: Channels, who: bytes, persist: set[str]) -> None:
+    """Tell the parent we unshared (``who``: b"first" or b"workload") and wait for its go."""
+    send(ch.status, MSG_UNSHARED, b" ".join([who, *sorted(k.encode() for k in persist)]))
+    assert ch.sync is not None
+    if os.read(ch.sync, 1) != b"G":
+        os._exit(SETUP_FAILED)  # the parent gave up; it reports why
+
+
 def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], pickler: Any) -> NoReturn:
     """Turn this freshly forked, single-threaded process into ``spec``'s child.
 
@@ -303,21 +326,23 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
         # and a new cgroup namespace is rooted at the new cgroup.
         for path in spec.cgroup_procs:
             nsfs.write_pid(path, os.getpid())
-        # 2. join existing namespaces, user first.
+        # 2. join existing namespaces, user first (before any new user
+        # namespace, which would take away the rights to join host ones).
         if spec.join:
             _join(spec)
-        # 3. new namespaces in one unshare: the kernel creates the user
-        # namespace first and makes it own the others (clone(2)).
-        if spec.new:
-            syscalls.unshare(syscalls.namespace_flags(spec.new))
+        # 3. new namespaces, in one unshare: the kernel creates the user
+        # namespace first and makes it own the others (clone(2)). When the
+        # workload must be a child (pid, time), this process unshares only
+        # what must be done before the fork; the workload unshares the rest,
+        # so this relay is not counted in the workload's namespaces.
+        first, second = set(spec.new), set()
+        if spec.needs_fork:
+            first, second = first & FORK_FIRST_KINDS, first - FORK_FIRST_KINDS
+        if first:
+            syscalls.unshare(syscalls.namespace_flags(first))
         # 4. the parent maps ids and persists namespace files.
-        if spec.needs_parent:
-            send(ch.status, MSG_UNSHARED, str(os.getpid()).encode())
-            assert ch.sync is not None
-            if os.read(ch.sync, 1) != b"G":
-                os._exit(SETUP_FAILED)  # the parent gave up; it reports why
-        if ch.sync is not None:
-            os.close(ch.sync)
+        if spec.uid_map or spec.gid_map or first & set(spec.persist):
+            _ask_parent(ch, b"first", first & set(spec.persist))
         if spec.uid_map or spec.gid_map:
             _become_root_inside(spec)
         # 5. pid and time namespaces apply to children: fork the workload.
@@ -336,6 +361,12 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
             # with the caller, since the relay dies with the caller.
             if spec.pdeathsig:
                 syscalls.set_pdeathsig(int(spec.pdeathsig))
+            if second:
+                syscalls.unshare(syscalls.namespace_flags(second))
+                if second & set(spec.persist):
+                    _ask_parent(ch, b"workload", second & set(spec.persist))
+        if ch.sync is not None:
+            os.close(ch.sync)
         # 6. the rest of the setup, in the final process.
         if spec.hostname is not None:
             syscalls.sethostname(spec.hostname)

@@ -284,6 +284,7 @@ def start(spec: ChildSpec) -> Child:
     persisted: list[str] = []
     workload = pid
     reaped = False
+    stashed: list[str] | None = None  # the workload's persist request, until its host pid is known
     try:
         error: BaseException | None = None
         while True:
@@ -292,13 +293,21 @@ def start(spec: ChildSpec) -> Child:
                 break
             kind, payload = msg
             if kind == _child.MSG_UNSHARED:
-                _parent_setup(spec, pid, persisted)
-                assert sync_w is not None
-                os.write(sync_w, b"G")
-                os.close(sync_w)
-                sync_w = None
+                who, *kinds = payload.decode().split()
+                if who == "first":
+                    _parent_setup(spec, pid, kinds, persisted, maps=True)
+                    sync_w = _go(sync_w)
+                elif workload != pid:
+                    _parent_setup(spec, workload, kinds, persisted, maps=False)
+                    sync_w = _go(sync_w)
+                else:
+                    stashed = kinds
             elif kind == _child.MSG_WORKLOAD:
                 workload = int(payload)
+                if stashed is not None:
+                    _parent_setup(spec, workload, stashed, persisted, maps=False)
+                    sync_w = _go(sync_w)
+                    stashed = None
             elif kind == _child.MSG_ERROR:
                 try:
                     error = pickle.loads(payload)
@@ -326,15 +335,23 @@ def start(spec: ChildSpec) -> Child:
     return Child(spec, workload, pid, result_r)
 
 
-def _parent_setup(spec: ChildSpec, pid: int, persisted: list[str]) -> None:
+def _go(sync_w: int | None) -> int | None:
+    """Let the child go on after the parent's part; the pipe stays open for a second round."""
+    assert sync_w is not None
+    os.write(sync_w, b"G")
+    return sync_w
+
+
+def _parent_setup(spec: ChildSpec, pid: int, kinds: list[str], persisted: list[str], *, maps: bool) -> None:
     """What the parent does once the child unshared: id maps, then persist binds."""
-    if spec.uid_map:
+    if maps and spec.uid_map:
         nsfs.write_id_map(pid, "uid_map", spec.uid_map)
-    if spec.gid_map:
+    if maps and spec.gid_map:
         if os.geteuid() != 0:
             # Unprivileged writers must give up setgroups first (user_namespaces(7)).
             nsfs.deny_setgroups(pid)
         nsfs.write_id_map(pid, "gid_map", spec.gid_map)
-    for kind, path in spec.persist.items():
+    for kind in kinds:
+        path = spec.persist[kind]
         nsfs.bind_namespace(nsfs.proc_ns_path(pid, kind, for_children=True), path)
         persisted.append(path)
