@@ -397,7 +397,18 @@ def _classid_probe(dest: tuple[str, int], nbytes: int, classid: int) -> int:
 
     syscalls.mount(None, "/", None, C.MS_REC | C.MS_PRIVATE)
     root = tempfile.mkdtemp(prefix="pycontain-netcls-")
-    syscalls.mount("net_cls", root, "cgroup", 0, "net_cls")
+    try:
+        try:
+            syscalls.mount("net_cls", root, "cgroup", 0, "net_cls")
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            # net_cls is already bound to a hierarchy together with net_prio
+            # (the usual "net_cls,net_prio" mount): a mount must name both.
+            syscalls.mount("net_cls", root, "cgroup", 0, "net_cls,net_prio")
+    except BaseException:
+        os.rmdir(root)
+        raise
     parent = os.path.join(root, "pycontain")
     made_parent = not os.path.isdir(parent)
     cg = os.path.join(parent, f"nettest-{os.getpid()}")
