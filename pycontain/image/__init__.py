@@ -537,7 +537,7 @@ class Image:
 
             img = Image.load("busybox-oci.tar")
         """
-        from pycontain.image import oci
+        from pycontain.image import oci  # noqa: PLC0415
 
         return oci.load(path, tag=tag, limits=limits, store=_store(store))
 
@@ -548,7 +548,7 @@ class Image:
 
         Raises Unsupported for an image based on the host.
         """
-        from pycontain.image import oci
+        from pycontain.image import oci  # noqa: PLC0415
 
         if self.based_on_host:
             raise Unsupported("an image based on the host cannot be exported", op="Image.save",

@@ -24,12 +24,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DRIVERS = ["overlay", "btrfs", "copy"]
 
 
-def run_in_mount_ns(fn: str, *args: object, timeout: float = 120) -> dict:
+def run_in_mount_ns(fn: str, *args: object, timeout: float = 120,
+                    module: str = "tests.integration.test_storage_drivers") -> dict:
     """Run ``fn(*args)`` of this module in a child with a private mount namespace; return its JSON result."""
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {REPO!r})\n"
-        f"from tests.integration.test_storage_drivers import {fn}\n"
+        f"from {module} import {fn}\n"
         f"res = {fn}(*{list(args)!r})\n"
         "print('RESULT ' + json.dumps(res))\n"
     )
