@@ -324,9 +324,8 @@ def namespaces(kind: str | None = None, *, persisted: bool = False) -> pd.DataFr
 
         df = pycontain.namespaces("net")
     """
-    import pandas as pd
-
     kinds = (_check_kind(kind),) if kind is not None else KINDS
+    import pandas as pd
     scan = nsfs.scan_namespaces(kinds)
     users: dict[int | None, str | None] = {}
 
