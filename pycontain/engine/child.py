@@ -83,6 +83,9 @@ def send(fd: int, kind: bytes, payload: bytes) -> None:
     write_all(fd, kind + len(payload).to_bytes(4, "big") + payload)
 
 
+# Upper bound for closing fds: os.closerange becomes one close_range(2) call.
+_FD_CEILING = 0x7FFFFFFF
+
 _ATOMIC_PAYLOAD = 4096 - 5 - 64  # PIPE_BUF minus the header, with room to spare
 
 
@@ -209,7 +212,7 @@ def _fix_stdio(spec: ChildSpec, keep: set[int]) -> None:
         if fd > top + 1:
             os.closerange(top + 1, fd)
         top = fd
-    os.closerange(top + 1, 1 << 20)
+    os.closerange(top + 1, _FD_CEILING)
 
 
 def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
@@ -274,6 +277,12 @@ def _relay(workload: int) -> NoReturn:
 def _run_target(spec: ChildSpec, ch: Channels, pickler: Any) -> NoReturn:
     assert spec.target is not None
     os.close(ch.status)  # "started": the parent's start() returns now
+    # The collector was off during setup so no foreign __del__ ran. The
+    # target may make many cycles: collect again, but only what it creates
+    # -- everything inherited from the caller is frozen, so finalizers of
+    # the caller's objects (whose fds are closed here) never run.
+    gc.freeze()
+    gc.enable()
     try:
         value = spec.target(*spec.args, **spec.kwargs)
         outcome: tuple[Any, ...] = ("ok", value)
@@ -352,7 +361,7 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
                 # The relay keeps nothing of the caller's: not its sockets,
                 # not the write ends of pipes someone waits on for EOF.
                 os.closerange(0, ch.status)
-                os.closerange(ch.status + 1, 1 << 20)
+                os.closerange(ch.status + 1, _FD_CEILING)
                 _forward_signals(workload)
                 send(ch.status, MSG_WORKLOAD, str(workload).encode())
                 os.close(ch.status)

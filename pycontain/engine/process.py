@@ -89,7 +89,9 @@ class Child:
     that signal.
     """
 
-    def __init__(self, spec: ChildSpec, pid: int, relay_pid: int, result_fd: int | None) -> None:
+    def __init__(self, spec: ChildSpec, pid: int, relay_pid: int, result_fd: int | None,
+                 pidfd: int | None = None) -> None:
+        self._pidfd = pidfd
         self.spec = spec
         self.pid = pid
         self.relay_pid = relay_pid
@@ -106,6 +108,17 @@ class Child:
 
     def _set_status(self, status: int) -> None:
         self.returncode = os.waitstatus_to_exitcode(status)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_pidfd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def poll(self) -> int | None:
         """The return code if the child has ended, else None (never blocks)."""
@@ -166,9 +179,17 @@ class Child:
         if self.returncode is not None:
             return
         try:
-            os.kill(self.pid, sig)
+            if self._pidfd is not None:
+                # The workload is the relay's child: once the relay reaped
+                # it, its pid may be reused; a pidfd cannot be.
+                syscalls.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self.pid, sig)
         except ProcessLookupError:
             pass
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                raise
 
     def terminate(self) -> None:
         self.kill(signal.SIGTERM)
@@ -284,6 +305,7 @@ def start(spec: ChildSpec) -> Child:
     persisted: list[str] = []
     workload = pid
     reaped = False
+    workload_fd: int | None = None
     stashed: list[str] | None = None  # the workload's persist request, until its host pid is known
     try:
         error: BaseException | None = None
@@ -304,6 +326,13 @@ def start(spec: ChildSpec) -> Child:
                     stashed = kinds
             elif kind == _child.MSG_WORKLOAD:
                 workload = int(payload)
+                # Pinned at once: a pid the relay has reaped may be reused,
+                # a pidfd cannot. (The relay waits only after sending this;
+                # a workload that ended and was reaped meanwhile gives ESRCH.)
+                try:
+                    workload_fd = syscalls.pidfd_open(workload)
+                except OSError:
+                    workload_fd = None
                 if stashed is not None:
                     _parent_setup(spec, workload, stashed, persisted, maps=False)
                     sync_w = _go(sync_w)
@@ -325,6 +354,8 @@ def start(spec: ChildSpec) -> Child:
                 pass
         if result_r is not None:
             os.close(result_r)
+        if workload_fd is not None:
+            os.close(workload_fd)
         if not reaped:
             _kill_and_reap(pid)
         raise
@@ -332,7 +363,7 @@ def start(spec: ChildSpec) -> Child:
         os.close(status_r)
         if sync_w is not None:
             os.close(sync_w)
-    return Child(spec, workload, pid, result_r)
+    return Child(spec, workload, pid, result_r, workload_fd)
 
 
 def _go(sync_w: int | None) -> int | None:

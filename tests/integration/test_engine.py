@@ -453,3 +453,37 @@ def test_setup_error_is_a_pycontain_error_with_fields() -> None:
         start(ChildSpec(argv=["true"], new={"uts"}, cwd="/nonexistent-dir"))
     assert info.value.op == "chdir"
     assert info.value.path == "/nonexistent-dir"
+
+
+_TRAP = ["sh", "-c", 'trap "exit 5" TERM; echo ready; while :; do sleep 0.05; done']
+
+
+@pytest.mark.parametrize("via_relay", [False, True])
+def test_signals_reach_pid1_workload(via_relay: bool) -> None:
+    r, w = os.pipe()
+    child = start(ChildSpec(argv=_TRAP, new={"pid"}, stdout=w))
+    os.close(w)
+    with os.fdopen(r) as f:
+        assert f.readline() == "ready\n"  # the trap is set
+        if via_relay:
+            os.kill(child.relay_pid, signal.SIGTERM)  # the relay forwards it
+        else:
+            child.terminate()
+        assert child.wait(timeout=10) == 5
+
+
+def _gc_state() -> tuple[bool, int]:
+    import gc
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    for _ in range(1000):
+        Cycle()
+    return gc.isenabled(), gc.collect()
+
+
+def test_target_runs_with_gc_enabled() -> None:
+    enabled, _ = start(ChildSpec(target=_gc_state)).result()
+    assert enabled
