@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycontain.errors import InvalidArgument, PycontainError, kernel_error
+from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 from pycontain.kernel import constants as C
 from pycontain.kernel import proc, syscalls
 
@@ -395,44 +395,134 @@ def _mount_volume(root_fd: int, root: str, vol: BindMount, nodev: bool) -> None:
             os.close(fd)
 
 
-def _mount_files(root_fd: int, root: str, files: Mapping[str, str]) -> None:
+class _Root:
+    """Paths inside the new root, resolved by the kernel *within* it.
+
+    Every file we create or mount on after the rootfs is in place goes
+    through openat2(RESOLVE_IN_ROOT) from the root's fd, never through a
+    host path string: if another container sharing this directory swapped
+    ``dev`` for a symlink to ``/`` meanwhile, we would still only touch the
+    rootfs, not the host (the race of CVE-2021-30465).
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def at(self, rel: str, flags: int = 0) -> int:
+        return _open_in_root(self.fd, rel.strip("/") or ".", flags)
+
+    def mount(self, source: str | None, rel: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        fd = self.at(rel)
+        try:
+            _mount(source, proc.fd_path(fd), fstype, flags, data, what="/" + rel.strip("/"))
+        finally:
+            os.close(fd)
+
+    def bind_inside(self, source_rel: str, rel: str, flags: int = C.MS_BIND) -> None:
+        fd = self.at(source_rel)
+        try:
+            self.mount(proc.fd_path(fd), rel, None, flags)
+        finally:
+            os.close(fd)
+
+    def setattr(self, rel: str, attrs: int, recursive: bool = False) -> None:
+        # Reopened after the mount, so the path leads to the new mount's root.
+        fd = self.at(rel)
+        try:
+            syscalls.mount_setattr(fd, attrs, recursive=recursive)
+        finally:
+            os.close(fd)
+
+    def create(self, dir_rel: str, name: str, mode: int = 0o644, content: bytes | None = None,
+               kind: str = "file", link: str = "") -> None:
+        dfd = self.at(dir_rel, os.O_DIRECTORY)
+        try:
+            if kind == "dir":
+                os.mkdir(name, mode, dir_fd=dfd)
+            elif kind == "symlink":
+                os.symlink(link, name, dir_fd=dfd)
+            else:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                             dir_fd=dfd)
+                try:
+                    data = content or b""
+                    while data:
+                        data = data[os.write(fd, data):]
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise kernel_error("create", e.errno or errno.EIO, path=f"/{dir_rel.strip('/')}/{name}") from None
+        finally:
+            os.close(dfd)
+
+    def unlink(self, dir_rel: str, name: str) -> None:
+        dfd = self.at(dir_rel, os.O_DIRECTORY)
+        try:
+            os.unlink(name, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        parent, _, name = rel.strip("/").rpartition("/")
+        try:
+            dfd = self.at(parent, os.O_DIRECTORY)
+        except PycontainError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            return os.lstat(name, dir_fd=dfd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(dfd)
+
+    def device_of(self, rel: str) -> int:
+        fd = self.at(rel)
+        try:
+            return os.fstat(fd).st_dev
+        finally:
+            os.close(fd)
+
+
+def _mount_files(r: _Root, files: Mapping[str, str]) -> None:
     """Bind each text over its container path, from a file on our /dev tmpfs
     that is unlinked at once (the mount keeps it; nothing shows in /dev)."""
     for i, (dest, text) in enumerate(files.items()):
-        staging = f"{root}/dev/.pycontain-file-{i}"
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        staging = f".pycontain-file-{i}"
+        r.create("dev", staging, 0o644, text.encode())
         try:
-            data = text.encode()
-            while data:
-                data = data[os.write(fd, data):]
-        finally:
-            os.close(fd)
-        try:
-            target = _mount_target(root_fd, root, dest, source_is_dir=False)
+            target = _mount_target(r.fd, r.path, dest, source_is_dir=False)
             try:
-                _mount(staging, proc.fd_path(target), None, C.MS_BIND, what=dest)
+                src = r.at("dev/" + staging)
+                try:
+                    _mount(proc.fd_path(src), proc.fd_path(target), None, C.MS_BIND, what=dest)
+                finally:
+                    os.close(src)
             finally:
                 os.close(target)
         finally:
-            os.unlink(staging)
+            r.unlink("dev", staging)
 
 
-def _mount_dev(root: str, dev_fd: int) -> None:
-    dev = root + "/dev"
+def _mount_dev(r: _Root, dev_fd: int) -> None:
     _mount("tmpfs", proc.fd_path(dev_fd), "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_STRICTATIME,
            "mode=755,size=65536k", what="/dev")
+    if r.device_of("dev") == os.fstat(r.fd).st_dev:
+        raise KernelError("/dev of the new root is not the tmpfs just mounted there", op="mount", path="/dev",
+                          hint="the rootfs changed under us: is it shared with a running container?")
     for name in DEVICES:
-        target = f"{dev}/{name}"
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
-        _mount(f"/dev/{name}", target, None, C.MS_BIND, what=f"/dev/{name}")
+        r.create("dev", name, 0o666)
+        r.mount(f"/dev/{name}", f"dev/{name}", None, C.MS_BIND)  # the host's node: a trusted source
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
-        os.mkdir(f"{dev}/{name}", mode)
-    _mount("devpts", f"{dev}/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC,
-           "newinstance,ptmxmode=0666,mode=0620,gid=5", what="/dev/pts")
-    _mount("shm", f"{dev}/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k", what="/dev/shm")
-    _mount("mqueue", f"{dev}/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, what="/dev/mqueue")
+        r.create("dev", name, mode, kind="dir")
+    r.mount("devpts", "dev/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    r.mount("shm", "dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    r.mount("mqueue", "dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
     for name, link in _DEV_LINKS:
-        os.symlink(link, f"{dev}/{name}")
+        r.create("dev", name, kind="symlink", link=link)
 
 
 def _in_own_cgroup_namespace() -> bool:
@@ -450,9 +540,10 @@ def _cgroup_mounts() -> list[proc.MountInfo]:
             if m.fstype in ("cgroup", "cgroup2") and _is_under(m.mount_point, "/sys/fs/cgroup")]
 
 
-def _mount_cgroup(root: str, mode: str) -> None:
-    base = root + "/sys/fs/cgroup"
-    if not os.path.isdir(base):
+def _mount_cgroup(r: _Root, mode: str) -> None:
+    base = "sys/fs/cgroup"
+    st = r.lstat(base)
+    if st is None or not stat.S_ISDIR(st.st_mode):
         return  # a sysfs without cgroup support
     if mode == "auto":
         mode = "namespace" if _in_own_cgroup_namespace() else "own"
@@ -460,23 +551,26 @@ def _mount_cgroup(root: str, mode: str) -> None:
     mounts = [] if mode == "empty" else _cgroup_mounts()
     pure_v2 = any(m.mount_point == "/sys/fs/cgroup" for m in mounts)
     if not pure_v2:
-        _mount("tmpfs", base, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k", what="/sys/fs/cgroup")
+        r.mount("tmpfs", base, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k")
     membership = {}
     for line in proc.proc_cgroup("self"):
         key = "" if line.hierarchy_id == 0 else ",".join(sorted(line.controllers))
         membership[key] = line.path
     for m in mounts:
-        target = root + m.mount_point
+        rel = m.mount_point.lstrip("/")
         if m.mount_point != "/sys/fs/cgroup":
-            os.makedirs(target, 0o755, exist_ok=True)
+            parts = rel.split("/")
+            for i in range(3, len(parts)):  # below sys/fs/cgroup, inside our tmpfs
+                if r.lstat("/".join(parts[: i + 1])) is None:
+                    r.create("/".join(parts[:i]), parts[i], 0o755, kind="dir")
         if mode == "namespace":
             if m.fstype == "cgroup2":
-                _mount("cgroup2", target, "cgroup2", ro, what=m.mount_point)
+                r.mount("cgroup2", rel, "cgroup2", ro)
             else:
                 # The same controller set joins the existing hierarchy; in a
                 # cgroup namespace the mount is rooted at our own cgroup.
                 opts = [o for o in m.super_options if o not in ("rw", "ro") and not o.startswith("release_agent=")]
-                _mount("cgroup", target, "cgroup", ro, ",".join(opts), what=m.mount_point)
+                r.mount("cgroup", rel, "cgroup", ro, ",".join(opts))
         else:
             if m.fstype == "cgroup2":
                 own = membership.get("")
@@ -489,35 +583,28 @@ def _mount_cgroup(root: str, mode: str) -> None:
             # cgroup namespace root; bind the part of our own cgroup this mount shows.
             if own is None or not _is_under(own, m.root):
                 continue
-            rel = own[len(m.root.rstrip("/")):]
-            _mount(m.mount_point.rstrip("/") + rel, target, None, C.MS_BIND, what=m.mount_point)
-            _mount(None, target, None, C.MS_BIND | C.MS_REMOUNT | ro, what=m.mount_point)
+            inner = own[len(m.root.rstrip("/")):]
+            r.mount(m.mount_point.rstrip("/") + inner, rel, None, C.MS_BIND)  # a host path: trusted source
+            r.setattr(rel, _ATTR_LOCKDOWN)
     if not pure_v2:
-        _mount(None, base, None, C.MS_REMOUNT | ro, "mode=755,size=64k", what="/sys/fs/cgroup")
+        r.setattr(base, _ATTR_LOCKDOWN)
 
 
-def _mask(root: str, path: str) -> None:
-    target = root + path
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
+def _mask(r: _Root, path: str) -> None:
+    st = r.lstat(path)
+    if st is None:
         return  # not on this kernel: nothing to hide
     if stat.S_ISDIR(st.st_mode):
-        _mount("tmpfs", target, "tmpfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC, what=path)
+        r.mount("tmpfs", path, "tmpfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     else:
-        _mount(root + "/dev/null", target, None, C.MS_BIND, what=path)
+        r.bind_inside("dev/null", path)
 
 
-def _read_only(root: str, path: str) -> None:
-    target = root + path
-    if not os.path.lexists(target):
+def _read_only(r: _Root, path: str) -> None:
+    if r.lstat(path) is None:
         return
-    _mount(target, target, None, C.MS_BIND | C.MS_REC, what=path)
-    fd = os.open(target, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        syscalls.mount_setattr(fd, _ATTR_LOCKDOWN, recursive=True)
-    finally:
-        os.close(fd)
+    r.bind_inside(path, path, C.MS_BIND | C.MS_REC)
+    r.setattr(path, _ATTR_LOCKDOWN, recursive=True)
 
 
 # -- the whole sequence -------------------------------------------------------------------
@@ -579,19 +666,20 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
             for vol in plan.volumes:
                 _mount_volume(root_fd, root, vol, plan.nodev)
             # 4. Kernel filesystems.
+            r = _Root(root, root_fd)
             _mount("proc", proc.fd_path(kfds["proc"]), "proc", _NOSUID_NODEV_NOEXEC, what="/proc")
-            _mount_dev(root, kfds["dev"])
+            _mount_dev(r, kfds["dev"])
             _mount("sysfs", proc.fd_path(kfds["sys"]), "sysfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC, what="/sys")
-            _mount_files(root_fd, root, plan.files)
+            _mount_files(r, plan.files)
         finally:
             for fd in kfds.values():
                 os.close(fd)
-        _mount_cgroup(root, plan.cgroup)
+        _mount_cgroup(r, plan.cgroup)
         # 5. Docker's masked and read-only paths.
         for path in plan.masked_paths:
-            _mask(root, path)
+            _mask(r, path)
         for path in plan.readonly_paths:
-            _read_only(root, path)
+            _read_only(r, path)
         # 6. Swap roots; the old one ends up stacked on "." and is detached.
         os.fchdir(root_fd)
     finally:

@@ -15,7 +15,9 @@ import shutil
 import pytest
 
 from pycontain.backends.rootfs import DEVICES, RootfsPlan
-from pycontain.errors import InvalidArgument
+from pycontain.errors import InvalidArgument, KernelError
+from pycontain.kernel import constants as C
+from pycontain.kernel import syscalls
 from tests.integration.containment import WEAKENED, make_busybox_rootfs, run_script
 
 
@@ -264,3 +266,50 @@ def test_plan_validation(root):
     with pytest.raises(InvalidArgument):
         RootfsPlan("relative/root")
     assert posixpath.isabs(RootfsPlan(root).rootfs)
+
+
+def test_dev_swapped_for_a_symlink_mid_setup_touches_nothing_outside(root):
+    # Another container sharing the rootfs swaps /dev for a symlink to "/" right
+    # after our tmpfs went on it (the race of CVE-2021-30465). Path strings would
+    # now lead to the host's / (we have not pivoted yet); enter_rootfs resolves
+    # inside the root and notices /dev is no longer its tmpfs.
+    import pycontain.backends.rootfs as R
+
+    marker = f"/pycontain-race-{os.getpid()}"
+    test_pid = os.getpid()
+
+    def swap_after_dev_mount() -> None:
+        original = R._mount
+
+        def racing(source, target, fstype, flags=0, data=None, what=None):
+            original(source, target, fstype, flags, data, what)
+            if what == "/dev":
+                # The "other container": a process in another mount namespace
+                # (the test's), where rootfs/dev is no mount point and can be renamed.
+                ns = os.open(f"/proc/{test_pid}/ns/mnt", os.O_RDONLY)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        syscalls.setns(ns, C.CLONE_NEWNS)
+                        os.rename(os.path.join(root, "dev"), os.path.join(root, "dev.real"))
+                        os.symlink("/", os.path.join(root, "dev"))
+                    finally:
+                        os._exit(0)
+                os.waitpid(pid, 0)
+                os.close(ns)
+
+        R._mount = racing
+        R.DEVICES = (marker.lstrip("/"),)  # would be created as /<marker> on the host by a path-based setup
+
+    # Calibration: resolved as a host path string, the swapped /dev is the host's /.
+    os.makedirs(os.path.join(root, "dev"), exist_ok=True)
+    os.rename(os.path.join(root, "dev"), os.path.join(root, "dev.tmp"))
+    os.symlink("/", os.path.join(root, "dev"))
+    assert os.path.realpath(os.path.join(root, "dev", "null")) == "/null"
+    os.unlink(os.path.join(root, "dev"))
+    os.rename(os.path.join(root, "dev.tmp"), os.path.join(root, "dev"))
+
+    with pytest.raises(KernelError, match="not the tmpfs"):
+        run_script(root, "true", before=swap_after_dev_mount)
+    assert not os.path.exists(marker) and not os.path.exists(os.path.join(root, marker.lstrip("/")))
+    os.unlink(os.path.join(root, "dev"))  # the planted link to "/" goes before tmp_path cleanup
