@@ -12,7 +12,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
+import shutil
 import stat
 import tarfile
 import zlib
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 import pytest
 
 from pycontain.backends import tarsafe
+from pycontain.backends.storage_store import Store
 from pycontain.errors import DigestMismatch, InvalidArchive, LimitExceeded
+from pycontain.image import Image
 
 
 def _tree_state(root: str) -> dict[str, tuple[int, int, bytes]]:
@@ -408,3 +412,243 @@ def test_digest_and_size_are_of_the_uncompressed_stream(arena: Arena) -> None:
         tarsafe.check_digest("layer", "sha256:" + "0" * 64, res.diff_id)
     with pytest.raises(DigestMismatch):
         tarsafe.check_digest("layer", res.diff_id, res.diff_id, len(data) + 1, res.size)
+
+
+# -- hostile image layouts and archives (Image.load) -----------------------------------------
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Layout:
+    """A valid one-layer OCI layout in a directory, to be broken by each test."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(os.path.join(root, "blobs", "sha256"))
+        self.layer = _tar([F("hello", b"hello\n")])
+        self.layer_gz = gzip.compress(self.layer)
+        self.config = {"architecture": "amd64", "os": "linux",
+                       "config": {"Cmd": ["/hello"]},
+                       "rootfs": {"type": "layers", "diff_ids": [_sha256(self.layer)]}}
+        self.manifest: dict = {}
+        self.index: dict = {}
+        self.write()
+
+    def blob(self, data: bytes) -> str:
+        d = _sha256(data)
+        with open(os.path.join(self.root, "blobs", "sha256", d[7:]), "wb") as f:
+            f.write(data)
+        return d
+
+    def write(self, *, manifest_raw: bytes | None = None, config_raw: bytes | None = None) -> None:
+        cfg = config_raw if config_raw is not None else json.dumps(self.config).encode()
+        if not self.manifest:
+            self.manifest = {
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": self.blob(cfg),
+                           "size": len(cfg)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": self.blob(self.layer_gz), "size": len(self.layer_gz)}],
+            }
+        man = manifest_raw if manifest_raw is not None else json.dumps(self.manifest).encode()
+        if not self.index:
+            self.index = {"schemaVersion": 2, "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": self.blob(man),
+                 "size": len(man), "annotations": {"org.opencontainers.image.ref.name": "evil:1"}}]}
+        with open(os.path.join(self.root, "index.json"), "w") as f:
+            json.dump(self.index, f)
+        with open(os.path.join(self.root, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+
+
+def _store_is_clean() -> None:
+    st = Store()
+    assert st.layers() == []
+    assert st.images() == []
+    if os.path.isdir(st.tmp_dir):
+        assert os.listdir(st.tmp_dir) == []
+
+
+def test_valid_layout_loads(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    img = Image.load(lay.root)
+    assert img.tag == "evil:1" and img.config.cmd == ("/hello",)
+
+
+@pytest.mark.parametrize("where", ["index", "manifest.config", "manifest.layer", "config.diff_id"])
+@pytest.mark.parametrize("digest", ["sha256:../../../../etc/passwd", "sha256:" + "A" * 64, "md5:abc", 42,
+                                    "sha256:" + "0" * 63 + "/"])
+def test_malicious_digest_strings(tmp_path, where: str, digest) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    if where == "index":
+        lay.index["manifests"][0]["digest"] = digest
+        lay.write()
+    elif where == "manifest.config":
+        lay.manifest["config"]["digest"] = digest
+        lay.index = {}
+        lay.write()
+    elif where == "manifest.layer":
+        lay.manifest["layers"][0]["digest"] = digest
+        lay.index = {}
+        lay.write()
+    else:
+        lay.config["rootfs"]["diff_ids"] = [digest]
+        lay.manifest = {}
+        lay.index = {}
+        lay.write()
+    with pytest.raises(InvalidArchive, match="digest"):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"schemaVersion": 1}', b'{"schemaVersion": 2}',
+                                 b'{"schemaVersion": 2, "config": {}, "layers": []}',
+                                 b'{"schemaVersion": 2, "config": {"digest": "sha256:' + b"0" * 64
+                                 + b'", "size": -1}, "layers": []}',
+                                 b'{"schemaVersion": 2, "config": {"digest": "sha256:' + b"0" * 64
+                                 + b'", "size": true}, "layers": []}',
+                                 b'{"schemaVersion": 2, "config": {"digest": "sha256:' + b"0" * 64
+                                 + b'", "size": 1}, "layers": {}}',
+                                 b"\xff\xfe"])
+def test_malformed_manifest_json(tmp_path, raw: bytes) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    lay.index = {}
+    lay.write(manifest_raw=raw)
+    with pytest.raises(InvalidArchive):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+@pytest.mark.parametrize("cfg", [b"{broken", b"null", b'{"rootfs": {"type": "layers"}}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": []}}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": ["sha256:../x"]}}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": ["DIFF"]}, "config": {"Cmd": "sh"}}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": ["DIFF"]}, "config": {"Env": [1]}}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": ["DIFF"]}, "config": []}',
+                                 b'{"rootfs": {"type": "layers", "diff_ids": ["DIFF"]}, "history": {}}'])
+def test_malformed_config_json(tmp_path, cfg: bytes) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    lay.manifest = {}
+    lay.index = {}
+    lay.write(config_raw=cfg.replace(b"DIFF", _sha256(lay.layer).encode()))
+    with pytest.raises(InvalidArchive):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+def test_tampered_blob_is_caught(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    path = os.path.join(lay.root, "blobs", "sha256", _sha256(lay.layer_gz)[7:])
+    with open(path, "wb") as f:
+        f.write(gzip.compress(_tar([F("hello", b"HACKED")])))
+    with pytest.raises(DigestMismatch):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+def test_size_mismatch_is_caught(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    lay.manifest["layers"][0]["size"] += 1
+    lay.index = {}
+    lay.write()
+    with pytest.raises(DigestMismatch, match="size"):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+def test_diff_id_mismatch_is_caught(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    lay.config["rootfs"]["diff_ids"] = [_sha256(b"something else")]
+    lay.manifest = {}
+    lay.index = {}
+    lay.write()
+    with pytest.raises(DigestMismatch, match="diff_id"):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+def test_layout_blob_that_is_a_symlink_is_refused(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    path = os.path.join(lay.root, "blobs", "sha256", _sha256(lay.layer_gz)[7:])
+    os.unlink(path)
+    os.symlink("/etc/passwd", path)
+    with pytest.raises(InvalidArchive):
+        Image.load(lay.root)
+    _store_is_clean()
+
+
+def _docker_archive(path: str, manifest: object, files: dict[str, bytes], links: dict[str, str] | None = None) -> None:
+    with tarfile.open(path, "w") as t:
+        for name, data in {**files, "manifest.json": json.dumps(manifest).encode()}.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            ti = tarfile.TarInfo(name)
+            ti.type = tarfile.SYMTYPE
+            ti.linkname = target
+            t.addfile(ti)
+
+
+def test_docker_archive_hostile_paths(tmp_path) -> None:
+    layer = _tar([F("x", b"x")])
+    cfg = json.dumps({"os": "linux", "rootfs": {"type": "layers", "diff_ids": [_sha256(layer)]}}).encode()
+    cname = _sha256(cfg)[7:] + ".json"
+    ok = {cname: cfg, "l/layer.tar": layer}
+    good = str(tmp_path / "good.tar")
+    _docker_archive(good, [{"Config": cname, "RepoTags": ["d:1"], "Layers": ["l/layer.tar"]}], ok)
+    assert Image.load(good, store=Store(str(tmp_path / "s"))).tag == "d:1"
+    shutil.rmtree(str(tmp_path / "s"))
+
+    cases = {
+        "dotdot layer": ([{"Config": cname, "Layers": ["../../etc/passwd"]}], ok, None),
+        "absolute layer": ([{"Config": cname, "Layers": ["/etc/passwd"]}], ok, None),
+        "symlinked layer": ([{"Config": cname, "Layers": ["evil.tar"]}], ok, {"evil.tar": "/etc/passwd"}),
+        "config name lies": ([{"Config": "0" * 64 + ".json", "Layers": ["l/layer.tar"]}],
+                             {**ok, "0" * 64 + ".json": cfg}, None),
+        "not a list": ({"Config": cname}, ok, None),
+        "layers not strings": ([{"Config": cname, "Layers": [1]}], ok, None),
+        "layer count": ([{"Config": cname, "Layers": ["l/layer.tar", "l/layer.tar"]}], ok, None),
+    }
+    for what, (manifest, files, links) in cases.items():
+        path = str(tmp_path / (what.replace(" ", "_") + ".tar"))
+        _docker_archive(path, manifest, files, links)
+        with pytest.raises(InvalidArchive):
+            Image.load(path)
+        _store_is_clean()
+
+
+def test_truncated_image_archive(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    img = Image.load(lay.root)
+    out = img.save(str(tmp_path / "img.tar"), format="docker-archive")
+    img.remove()
+    with open(out, "rb") as f:
+        data = f.read()
+    cut = str(tmp_path / "cut.tar")
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(InvalidArchive):
+        Image.load(cut)
+    _store_is_clean()
+
+
+@pytest.mark.parametrize("case", ["symlink-write", "dotdot", "bad-whiteout", "truncated", "entries"])
+def test_layer_from_tar_leaves_nothing_in_the_store(arena: Arena, case: str) -> None:
+    from pycontain.image import Layer
+
+    data = {
+        "symlink-write": _tar([F("ok", b"1"), S("l", arena.outside), F("l/secret", b"pwned")]),
+        "dotdot": _tar([F("ok", b"1"), F("../x", b"pwned")]),
+        "bad-whiteout": _tar([F("ok", b"1"), F(".wh..", b"")]),
+        "truncated": _tar([F("ok", b"1" * 4000)])[:2048],
+        "entries": _tar([F(f"f{i}", b"") for i in range(20)]),
+    }[case]
+    path = os.path.join(arena.base, "layer", "evil.tar")
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(InvalidArchive):
+        Layer.from_tar(path, limits=tarsafe.Limits(max_entries=10))
+    os.unlink(path)
+    _store_is_clean()
