@@ -145,7 +145,7 @@ def qemu_argv(kernel: Kernel, initrd: Path, out: Path) -> list[str]:
         "-display", "none",
         "-monitor", "none",
         "-serial", "stdio",
-        "-kernel", str(kernel.vmlinuz),
+        "-kernel", str(kernel.boot_image),
         "-initrd", str(initrd),
         "-append", " ".join(cmdline),
         "-device", "virtio-rng-pci",
@@ -181,7 +181,8 @@ def run(pytest_args: list[str]) -> int:
     out = new_run_dir()
     # Not resolved through symlinks: a venv's bin/python must stay the venv's.
     python = os.path.abspath(sys.executable)
-    if not names_a_path(pytest_args):
+    command = os.environ.get("PYCONTAIN_VM_COMMAND")
+    if not command and not names_a_path(pytest_args):
         files = v2_test_files(python, pytest_args)
         if files == []:
             say("no v2 test found on the host; nothing to run in the VM")
@@ -192,7 +193,7 @@ def run(pytest_args: list[str]) -> int:
     job = {
         "PROJECT": str(PROJECT),
         "MODULES_DIR": str(kernel.modules_dir),
-        "COMMAND": os.environ.get("PYCONTAIN_VM_COMMAND") or guest_command(python, pytest_args),
+        "COMMAND": command or guest_command(python, pytest_args),
     }
     (out / "job.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in job.items()))
     argv = qemu_argv(kernel, initrd, out)
