@@ -202,6 +202,22 @@ class Cgroup:
             next((m.path for m in members if m.hierarchy_id == 0), "/")
         return cls._view(group, path, "")
 
+    @classmethod
+    def view(cls, name: str, *, parent: str = DEFAULT_PARENT) -> Cgroup:
+        """A read-only view of an existing pycontain cgroup (e.g. one listed by :func:`cgroups`,
+        made by another process): stats, pids and frozen only.
+
+        Raises :class:`NotFound` if there is no such cgroup.
+        """
+        name = validate_name(name)
+        parent = validate_parent(parent)
+        layout, backend = _layout_and_backend(None)
+        group = backend.attach(layout, parent, name)
+        if group is None:
+            raise NotFound("no such pycontain cgroup", field="name", value=name,
+                           hint="pycontain.cgroups() lists them")
+        return cls._view(group, name, parent)
+
     # -- description ------------------------------------------------------------------
 
     @property

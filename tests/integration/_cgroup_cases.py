@@ -414,6 +414,16 @@ def test_current_is_read_only() -> None:
             op()
 
 
+def test_view_of_an_existing_cgroup() -> None:
+    with Cgroup(new_name(), pids=7) as cg:
+        v = Cgroup.view(cg.name)
+        assert v.readonly and v.stats()["pids_limit"] == 7
+        with pytest.raises(PermissionDenied):
+            v.kill()
+    with pytest.raises(NotFound):
+        Cgroup.view(cg.name)
+
+
 def test_cgroups_listing() -> None:
     with Cgroup(new_name(), memory="64M") as a, Cgroup(new_name(), cpus=1) as b:
         child = b.run(["sleep", "60"])
