@@ -51,7 +51,7 @@ MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 HOST_ANNOTATION = "org.pycontain.base"
 
 _TAG = re.compile(
-    r"^(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?)/)?"
+    r"^(?:(?P<host>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?)/)?"
     r"(?P<name>[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$"
 )
@@ -537,7 +537,7 @@ class Image:
 
             img = Image.load("busybox-oci.tar")
         """
-        from pycontain.image import oci  # noqa: PLC0415
+        from pycontain.image import oci
 
         return oci.load(path, tag=tag, limits=limits, store=_store(store))
 
@@ -548,7 +548,7 @@ class Image:
 
         Raises Unsupported for an image based on the host.
         """
-        from pycontain.image import oci  # noqa: PLC0415
+        from pycontain.image import oci
 
         if self.based_on_host:
             raise Unsupported("an image based on the host cannot be exported", op="Image.save",
