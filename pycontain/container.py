@@ -70,7 +70,7 @@ def _containers_dir() -> Path:
 
 
 def _layers_dir() -> Path:
-    return store_dir() / "containers"
+    return store_dir() / "rootfs"
 
 
 @dataclass
@@ -347,13 +347,12 @@ class Container:
         return parse_command(argv or ["sh"])
 
     def _image_config(self) -> dict[str, Any]:
-        img = self.config.image
-        if isinstance(img, str):
-            if img == "host":
-                return {}
-            img = _resolve_image(img)
-        cfg = getattr(img, "config", None) or {}
-        return dict(cfg) if isinstance(cfg, dict) else {}
+        """The image's defaults: env, cmd, entrypoint, workdir, user."""
+        if self.config.image == "host":
+            return {}
+        cfg = _image_of(self.config).config
+        return {"env": list(cfg.env), "cmd": list(cfg.cmd or []), "entrypoint": list(cfg.entrypoint or []),
+                "workdir": cfg.workdir or None, "user": cfg.user or None}
 
     def _start(self, *, argv: Sequence[str] | None, target: tuple[Callable[..., Any], tuple[Any, ...]] | None,
                stdin: int | None, stdout: int | None, stderr: int | None, pass_fds: Sequence[int] = ()) -> Container:
@@ -370,7 +369,7 @@ class Container:
             cleanup = contextlib.ExitStack()
             try:
                 # 1. the writable root
-                self._rootfs = _prepare_rootfs(self.config, self._layers_path())
+                self._rootfs = _prepare_rootfs(self.config, self._layers_path(), f"{self.name}-{self.id[:8]}")
                 cleanup.callback(self._rootfs.release)
                 # 2. the cgroup, with every limit
                 cg = Cgroup(f"{self.name}-{self.id[:8]}", memory=self.config.memory, cpus=self.config.cpus,
@@ -437,7 +436,7 @@ class Container:
             return self
 
     def _layers_path(self) -> Path:
-        return _layers_dir() / self.name
+        return _layers_dir() / f"{self.name}-{self.id[:8]}"
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -643,6 +642,46 @@ class Container:
         conf = self._confinement
         return dataclasses.replace(conf, workdir=workdir) if workdir else conf
 
+    # -- the writable layer ----------------------------------------------------------------
+
+    def _need_rootfs(self, op: str) -> Any:
+        if self._rootfs is None:
+            raise InvalidArgument(f"cannot {op}: the container has no root yet", field="status",
+                                  value=self._status, hint="start() it first")
+        return self._rootfs
+
+    def diff(self) -> pd.DataFrame:
+        """What the container changed: a DataFrame of ``path``, ``change``
+        (A added, C changed, D deleted), ``size`` and ``type``. Works while
+        it runs and after it exited (until remove())."""
+        import pandas as pd
+
+        rootfs = self._need_rootfs("diff")
+        changes = rootfs.driver.diff(rootfs.plan)
+        return pd.DataFrame([(c.path, c.change, c.size, c.type) for c in changes],
+                            columns=["path", "change", "size", "type"])
+
+    def commit(self, tag: str | None = None, **config_changes: Any) -> Any:
+        """A new :class:`~pycontain.Image`: the container's image plus its
+        writable layer on top (the layers below are shared, not copied).
+
+        ``config_changes`` (``cmd``, ``env``, ``workdir``, ...) change the new
+        image's config. Commit a stopped or paused container for a
+        consistent layer.
+        """
+        import tempfile
+
+        from pycontain.image import Layer
+
+        rootfs = self._need_rootfs("commit")
+        store = rootfs.image.store
+        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".commit-", suffix=".tar") as f:
+            rootfs.driver.commit(rootfs.plan, f)
+            f.flush()
+            layer = Layer.from_tar(f.name, store=store)
+        return rootfs.image.with_layer(layer, tag=tag, created_by=f"pycontain commit {self.name}",
+                                       **config_changes)
+
     # -- observing ----------------------------------------------------------------------------------
 
     def usage(self) -> dict[str, Any]:
@@ -803,12 +842,6 @@ def _image_env(cfg: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _resolve_image(tag: str) -> Any:
-    from pycontain.image import Image
-
-    return Image.get(tag) if hasattr(Image, "get") else Image.load(tag)
-
-
 # -- what the child does --------------------------------------------------------------------------------------
 
 
@@ -935,59 +968,92 @@ def _exec_argv(argv: tuple[str, ...], env: dict[str, str]) -> None:
 # -- root filesystem and network preparation (caller side) ------------------------------------------------
 
 
-class _HostRootfs:
-    """The host's root, read-only, under a fresh writable layer (the notebook default)."""
+class _Rootfs:
+    """The container's root: the image's layers through the store's storage
+    driver (overlay, btrfs or copy), mounted by the child in its own mount
+    namespace. The prepared directory outlives the container until remove(),
+    so diff() and commit() work after exit."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.upper = base / "upper"
-        self.work = base / "work"
-        self.target = str(base / "rootfs")
-        for d in (self.upper, self.work, Path(self.target)):
-            d.mkdir(parents=True, exist_ok=True)
+    def __init__(self, image: Any, container_dir: Path, owner: str) -> None:
+        from pycontain.backends import storage_driver
 
-    def mount(self) -> None:
-        """In the container's private mount namespace: overlay / under the upper dir."""
-        from pycontain.kernel import syscalls
-
-        syscalls.mount("overlay", self.target, "overlay", 0,
-                       f"lowerdir=/,upperdir={self.upper},workdir={self.work}")
-
-    def release(self) -> None:
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-class _ImageRootfs:
-    """An image's layers, through the store's storage driver."""
-
-    def __init__(self, image: Any, base: Path) -> None:
-        self.base = base
-        self.target = str(base / "rootfs")
-        self.plan = image.prepare_rootfs(base)
-        Path(self.target).mkdir(parents=True, exist_ok=True)
+        self.image = image
+        self.driver = storage_driver.select_driver(image.store)
+        layers = [layer.record for layer in image.layers] + [_init_layer(image.store).record]
+        self.plan = self.driver.prepare(layers, str(container_dir), image=image.digest, owner=owner)
+        self.target = str(container_dir / "merged")
+        os.makedirs(self.target, exist_ok=True)
 
     def mount(self) -> None:
-        self.plan.mount(self.target)
+        """In the container's private mount namespace."""
+        from pycontain.backends import storage_driver
+
+        storage_driver.mount_rootfs(self.plan, self.target)
 
     def release(self) -> None:
-        release = getattr(self.plan, "release", None)
-        if release is not None:
-            release()
-        shutil.rmtree(self.base, ignore_errors=True)
+        self.driver.cleanup(self.plan)
+        shutil.rmtree(self.plan.container_dir, ignore_errors=True)
 
 
-def _prepare_rootfs(config: ContainerConfig, base: Path) -> Any:
+_INIT_LAYERS: dict[str, Any] = {}
+#: What the container's setup mounts over: created in an "init" layer between
+#: the image and the writable layer (as Docker does), so they never show up in
+#: diff() or commit().
+_INIT_DIRS = ("proc", "sys", "dev", "etc")
+_INIT_FILES = ("etc/hosts",)
+
+
+def _init_layer(store: Any) -> Any:
+    import tempfile
+
+    from pycontain.image import Layer
+
+    layer = _INIT_LAYERS.get(store.root)
+    if layer is None:
+        with tempfile.TemporaryDirectory() as d:
+            for name in _INIT_DIRS:
+                os.mkdir(os.path.join(d, name))
+                os.chmod(os.path.join(d, name), 0o755)
+            for name in _INIT_FILES:
+                with open(os.path.join(d, name), "w"):
+                    pass
+                os.chmod(os.path.join(d, name), 0o644)
+            os.chmod(d, 0o755)
+            layer = _INIT_LAYERS[store.root] = Layer.from_dir(d, store=store)
+    return layer
+
+
+def _image_of(config: ContainerConfig) -> Any:
+    """The :class:`~pycontain.Image` a config names ("host", a tag, or an Image)."""
+    from pycontain.image import Image
+
+    image = config.image
+    if isinstance(image, str):
+        if image == "host":
+            return _host_image()
+        return Image.get(image)
+    return image
+
+
+_HOST_IMAGE: dict[str, Any] = {}
+
+
+def _host_image() -> Any:
+    """Image.from_host(), made once per store per process (it writes the store)."""
+    from pycontain.image import Image
+
+    key = str(store_dir())
+    img = _HOST_IMAGE.get(key)
+    if img is None:
+        img = _HOST_IMAGE[key] = Image.from_host()
+    return img
+
+
+def _prepare_rootfs(config: ContainerConfig, base: Path, owner: str) -> Any:
     ensure_dir(base.parent)
     if base.exists():
         shutil.rmtree(base)
-    image = config.image
-    if image == "host":
-        return _HostRootfs(base)
-    if isinstance(image, str):
-        image = _resolve_image(image)
-    if getattr(image, "is_host", False):
-        return _HostRootfs(base)
-    return _ImageRootfs(image, base)
+    return _Rootfs(_image_of(config), base, owner)
 
 
 class _NoNetwork:

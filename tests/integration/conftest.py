@@ -7,6 +7,8 @@ the caller's fds must be the same after the test as before it.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.leaks import Snapshot
@@ -20,6 +22,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
+    # Local escape hatch for developers whose machine runs other pycontain
+    # work at the same time (the check sees the whole host). CI never sets it.
+    if os.environ.get("PYCONTAIN_TEST_SKIP_LEAK_CHECK") == "1" and not os.environ.get("CI"):
+        yield
+        return
     before = Snapshot.take()
     yield
     after = Snapshot.take(settle=before)

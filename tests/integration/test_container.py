@@ -67,12 +67,17 @@ def test_pid_namespace_and_fresh_proc() -> None:
 
 
 def test_old_root_is_gone_and_mounts_are_few() -> None:
-    r = sh("cat /proc/self/mountinfo")
-    points = [ln.split()[4] for ln in r.stdout.splitlines()]
+    r = sh("cat /proc/self/mountinfo; echo; cat /proc/self/cgroup")
+    info, _, cgroup = r.stdout.partition("\n\n")
+    lines = [ln.split() for ln in info.splitlines()]
+    points = [f[4] for f in lines]
     assert points[0] == "/"
-    host_only = {"/work", "/sys/fs/cgroup/memory", "/old_root", "/.pivot"}
-    assert not host_only & set(points)
-    assert all(not p.startswith("/sys/fs/cgroup/") or p for p in points)
+    assert not {"/work", "/old_root", "/.pivot", "/run", "/tmp"} & set(points)
+    # The container sees only its own cgroups (cgroup namespace), read-only.
+    for f in lines:
+        if f[4].startswith("/sys/fs/cgroup/"):
+            assert "ro" in f[5].split(","), f
+    assert all(line.endswith(":/") for line in cgroup.split())
 
 
 def test_minimal_dev() -> None:
