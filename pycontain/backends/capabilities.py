@@ -126,14 +126,14 @@ def drop_capabilities(keep: Iterable[str] = DOCKER_DEFAULT_CAPS, add: Iterable[s
     for cap in range(_MAX_CAP_PROBE):
         if want >> cap & 1:
             continue
+        # Dropping an absent capability succeeds; past cap_last_cap the kernel
+        # answers EINVAL: one prctl per capability, no read first.
         try:
-            if not syscalls.capbset_read(cap):
-                continue
+            syscalls.capbset_drop(cap)
         except PycontainError as e:
-            if e.errno == errno.EINVAL:  # past cap_last_cap
+            if e.errno == errno.EINVAL:
                 break
             raise
-        syscalls.capbset_drop(cap)
     syscalls.ambient_clear_all()
     syscalls.capset(want, want, 0)
     return names

@@ -396,133 +396,101 @@ def _mount_volume(root_fd: int, root: str, vol: BindMount, nodev: bool) -> None:
 
 
 class _Root:
-    """Paths inside the new root, resolved by the kernel *within* it.
+    """The new root and trusted handles on its kernel filesystems.
 
-    Every file we create or mount on after the rootfs is in place goes
-    through openat2(RESOLVE_IN_ROOT) from the root's fd, never through a
-    host path string: if another container sharing this directory swapped
-    ``dev`` for a symlink to ``/`` meanwhile, we would still only touch the
-    rootfs, not the host (the race of CVE-2021-30465).
+    After the rootfs is in place, the only names an outsider could still
+    change are the image's own entries (``dev``, ``proc``, ``sys``, volume
+    paths), e.g. another container sharing this directory swapping ``dev``
+    for a symlink to ``/`` (the race of CVE-2021-30465). So each kernel
+    filesystem is reached once, by openat2(RESOLVE_IN_ROOT) from the root's
+    fd, checked to be the filesystem just mounted there, and kept open as an
+    anchor; everything below it (procfs, sysfs, and tmpfs mounts that exist
+    only in our private mount namespace) is addressed as
+    ``/proc/self/fd/<anchor>/...``, which no one else can redirect.
     """
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        self.anchors: dict[str, int] = {}
 
-    def at(self, rel: str, flags: int = 0) -> int:
-        return _open_in_root(self.fd, rel.strip("/") or ".", flags)
+    def anchor(self, name: str) -> None:
+        fd = _open_in_root(self.fd, name, os.O_DIRECTORY)
+        if os.fstat(fd).st_dev == os.fstat(self.fd).st_dev:
+            os.close(fd)
+            raise KernelError(f"/{name} of the new root is not the filesystem just mounted there", op="mount",
+                              path="/" + name,
+                              hint="the rootfs changed under us: is it shared with a running container?")
+        self.anchors[name] = fd
+
+    def close(self) -> None:
+        for fd in self.anchors.values():
+            os.close(fd)
+        self.anchors.clear()
+
+    def p(self, rel: str) -> str:
+        """A path string for ``rel`` (e.g. ``"dev/null"``) through its anchor."""
+        top, _, rest = rel.strip("/").partition("/")
+        base = proc.fd_path(self.anchors[top])
+        return f"{base}/{rest}" if rest else base
 
     def mount(self, source: str | None, rel: str, fstype: str | None, flags: int = 0,
               data: str | None = None) -> None:
-        fd = self.at(rel)
-        try:
-            _mount(source, proc.fd_path(fd), fstype, flags, data, what="/" + rel.strip("/"))
-        finally:
-            os.close(fd)
-
-    def bind_inside(self, source_rel: str, rel: str, flags: int = C.MS_BIND) -> None:
-        fd = self.at(source_rel)
-        try:
-            self.mount(proc.fd_path(fd), rel, None, flags)
-        finally:
-            os.close(fd)
+        _mount(source, self.p(rel), fstype, flags, data, what="/" + rel.strip("/"))
 
     def setattr(self, rel: str, attrs: int, recursive: bool = False) -> None:
-        # Reopened after the mount, so the path leads to the new mount's root.
-        fd = self.at(rel)
+        fd = os.open(self.p(rel), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             syscalls.mount_setattr(fd, attrs, recursive=recursive)
         finally:
             os.close(fd)
 
-    def create(self, dir_rel: str, name: str, mode: int = 0o644, content: bytes | None = None,
-               kind: str = "file", link: str = "") -> None:
-        dfd = self.at(dir_rel, os.O_DIRECTORY)
-        try:
-            if kind == "dir":
-                os.mkdir(name, mode, dir_fd=dfd)
-            elif kind == "symlink":
-                os.symlink(link, name, dir_fd=dfd)
-            else:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                             dir_fd=dfd)
-                try:
-                    data = content or b""
-                    while data:
-                        data = data[os.write(fd, data):]
-                finally:
-                    os.close(fd)
-        except OSError as e:
-            raise kernel_error("create", e.errno or errno.EIO, path=f"/{dir_rel.strip('/')}/{name}") from None
-        finally:
-            os.close(dfd)
-
-    def unlink(self, dir_rel: str, name: str) -> None:
-        dfd = self.at(dir_rel, os.O_DIRECTORY)
-        try:
-            os.unlink(name, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-
     def lstat(self, rel: str) -> os.stat_result | None:
-        parent, _, name = rel.strip("/").rpartition("/")
         try:
-            dfd = self.at(parent, os.O_DIRECTORY)
-        except PycontainError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None
-            raise
-        try:
-            return os.lstat(name, dir_fd=dfd)
+            return os.lstat(self.p(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        finally:
-            os.close(dfd)
 
-    def device_of(self, rel: str) -> int:
-        fd = self.at(rel)
-        try:
-            return os.fstat(fd).st_dev
-        finally:
-            os.close(fd)
+
+def _write_new(path: str, mode: int, content: bytes = b"") -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        while content:
+            content = content[os.write(fd, content):]
+    finally:
+        os.close(fd)
 
 
 def _mount_files(r: _Root, files: Mapping[str, str]) -> None:
     """Bind each text over its container path, from a file on our /dev tmpfs
     that is unlinked at once (the mount keeps it; nothing shows in /dev)."""
     for i, (dest, text) in enumerate(files.items()):
-        staging = f".pycontain-file-{i}"
-        r.create("dev", staging, 0o644, text.encode())
+        staging = r.p(f"dev/.pycontain-file-{i}")
+        _write_new(staging, 0o644, text.encode())
         try:
             target = _mount_target(r.fd, r.path, dest, source_is_dir=False)
             try:
-                src = r.at("dev/" + staging)
-                try:
-                    _mount(proc.fd_path(src), proc.fd_path(target), None, C.MS_BIND, what=dest)
-                finally:
-                    os.close(src)
+                _mount(staging, proc.fd_path(target), None, C.MS_BIND, what=dest)
             finally:
                 os.close(target)
         finally:
-            r.unlink("dev", staging)
+            os.unlink(staging)
 
 
 def _mount_dev(r: _Root, dev_fd: int) -> None:
     _mount("tmpfs", proc.fd_path(dev_fd), "tmpfs", C.MS_NOSUID | C.MS_NODEV | C.MS_STRICTATIME,
            "mode=755,size=65536k", what="/dev")
-    if r.device_of("dev") == os.fstat(r.fd).st_dev:
-        raise KernelError("/dev of the new root is not the tmpfs just mounted there", op="mount", path="/dev",
-                          hint="the rootfs changed under us: is it shared with a running container?")
+    r.anchor("dev")
     for name in DEVICES:
-        r.create("dev", name, 0o666)
+        _write_new(r.p(f"dev/{name}"), 0o666)
         r.mount(f"/dev/{name}", f"dev/{name}", None, C.MS_BIND)  # the host's node: a trusted source
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
-        r.create("dev", name, mode, kind="dir")
+        os.mkdir(r.p(f"dev/{name}"), mode)
     r.mount("devpts", "dev/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     r.mount("shm", "dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
     r.mount("mqueue", "dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
     for name, link in _DEV_LINKS:
-        r.create("dev", name, kind="symlink", link=link)
+        os.symlink(link, r.p(f"dev/{name}"))
 
 
 def _in_own_cgroup_namespace() -> bool:
@@ -559,10 +527,7 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
     for m in mounts:
         rel = m.mount_point.lstrip("/")
         if m.mount_point != "/sys/fs/cgroup":
-            parts = rel.split("/")
-            for i in range(3, len(parts)):  # below sys/fs/cgroup, inside our tmpfs
-                if r.lstat("/".join(parts[: i + 1])) is None:
-                    r.create("/".join(parts[:i]), parts[i], 0o755, kind="dir")
+            os.makedirs(r.p(rel), 0o755, exist_ok=True)  # inside our own tmpfs
         if mode == "namespace":
             if m.fstype == "cgroup2":
                 r.mount("cgroup2", rel, "cgroup2", ro)
@@ -585,9 +550,8 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
                 continue
             inner = own[len(m.root.rstrip("/")):]
             r.mount(m.mount_point.rstrip("/") + inner, rel, None, C.MS_BIND)  # a host path: trusted source
-            r.setattr(rel, _ATTR_LOCKDOWN)
-    if not pure_v2:
-        r.setattr(base, _ATTR_LOCKDOWN)
+    # One recursive call makes the tmpfs and every hierarchy below it read-only.
+    r.setattr(base, _ATTR_LOCKDOWN, recursive=True)
 
 
 def _mask(r: _Root, path: str) -> None:
@@ -597,13 +561,13 @@ def _mask(r: _Root, path: str) -> None:
     if stat.S_ISDIR(st.st_mode):
         r.mount("tmpfs", path, "tmpfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     else:
-        r.bind_inside("dev/null", path)
+        r.mount(r.p("dev/null"), path, None, C.MS_BIND)
 
 
 def _read_only(r: _Root, path: str) -> None:
     if r.lstat(path) is None:
         return
-    r.bind_inside(path, path, C.MS_BIND | C.MS_REC)
+    r.mount(r.p(path), path, None, C.MS_BIND | C.MS_REC)
     r.setattr(path, _ATTR_LOCKDOWN, recursive=True)
 
 
@@ -635,7 +599,7 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
 
         enter_rootfs(RootfsPlan("/tmp/rootfs", read_only=True))
     """
-    if isinstance(plan, (str, os.PathLike)):
+    if not isinstance(plan, RootfsPlan) and isinstance(plan, (str, os.PathLike)):
         mounter = None
         if mount_root is not None:
             if not callable(mount_root):
@@ -667,19 +631,25 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
                 _mount_volume(root_fd, root, vol, plan.nodev)
             # 4. Kernel filesystems.
             r = _Root(root, root_fd)
-            _mount("proc", proc.fd_path(kfds["proc"]), "proc", _NOSUID_NODEV_NOEXEC, what="/proc")
-            _mount_dev(r, kfds["dev"])
-            _mount("sysfs", proc.fd_path(kfds["sys"]), "sysfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC, what="/sys")
-            _mount_files(r, plan.files)
+            try:
+                _mount("proc", proc.fd_path(kfds["proc"]), "proc", _NOSUID_NODEV_NOEXEC, what="/proc")
+                r.anchor("proc")
+                _mount_dev(r, kfds["dev"])
+                _mount("sysfs", proc.fd_path(kfds["sys"]), "sysfs", C.MS_RDONLY | _NOSUID_NODEV_NOEXEC,
+                       what="/sys")
+                r.anchor("sys")
+                _mount_files(r, plan.files)
+                _mount_cgroup(r, plan.cgroup)
+                # 5. Docker's masked and read-only paths.
+                for path in plan.masked_paths:
+                    _mask(r, path)
+                for path in plan.readonly_paths:
+                    _read_only(r, path)
+            finally:
+                r.close()
         finally:
             for fd in kfds.values():
                 os.close(fd)
-        _mount_cgroup(r, plan.cgroup)
-        # 5. Docker's masked and read-only paths.
-        for path in plan.masked_paths:
-            _mask(r, path)
-        for path in plan.readonly_paths:
-            _read_only(r, path)
         # 6. Swap roots; the old one ends up stacked on "." and is detached.
         os.fchdir(root_fd)
     finally:

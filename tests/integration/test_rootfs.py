@@ -309,7 +309,7 @@ def test_dev_swapped_for_a_symlink_mid_setup_touches_nothing_outside(root):
     os.unlink(os.path.join(root, "dev"))
     os.rename(os.path.join(root, "dev.tmp"), os.path.join(root, "dev"))
 
-    with pytest.raises(KernelError, match="not the tmpfs"):
+    with pytest.raises(KernelError, match="not the filesystem just mounted"):
         run_script(root, "true", before=swap_after_dev_mount)
     assert not os.path.exists(marker) and not os.path.exists(os.path.join(root, marker.lstrip("/")))
     os.unlink(os.path.join(root, "dev"))  # the planted link to "/" goes before tmp_path cleanup
