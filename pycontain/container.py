@@ -979,7 +979,11 @@ class _Rootfs:
 
         self.image = image
         self.driver = storage_driver.select_driver(image.store)
-        layers = [layer.record for layer in image.layers] + [_init_layer(image.store).record]
+        layers = [layer.record for layer in image.layers]
+        if not getattr(image, "based_on_host", False):
+            # (The host's root has these already; and overlayfs refuses a
+            # lower layer that lies inside another one, as the store lies inside /.)
+            layers.append(_init_layer(image.store).record)
         self.plan = self.driver.prepare(layers, str(container_dir), image=image.digest, owner=owner)
         self.target = str(container_dir / "merged")
         os.makedirs(self.target, exist_ok=True)
