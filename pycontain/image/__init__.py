@@ -541,6 +541,47 @@ class Image:
 
         return oci.load(path, tag=tag, limits=limits, store=_store(store))
 
+    @classmethod
+    def pull(
+        cls,
+        ref: str,
+        *,
+        limits: Limits = tarsafe.DEFAULT_LIMITS,
+        progress: bool = True,
+        store: Store | str | None = None,
+    ) -> Image:
+        """Pull ``"host:port/name:tag"`` (or ``...@sha256:...``) over the OCI distribution API.
+
+        Layers already in the store are not downloaded again; everything is
+        verified (digests, sizes, diff_ids) and unpacked safely. ``progress``
+        shows tqdm bars. Plain HTTP only for loopback registries and
+        ``$PYCONTAIN_INSECURE_REGISTRIES``. Raises NotFound, PermissionDenied,
+        InvalidArchive, DigestMismatch, KernelError (registry unreachable).
+
+        Example::
+
+            img = Image.pull("localhost:5000/team/app:v1")
+        """
+        from pycontain.image import registry
+
+        return registry.pull(ref, store=_store(store), limits=limits, progress=progress)
+
+    def push(self, ref: str | None = None, *, progress: bool = True) -> str:
+        """Push this image to ``ref`` (default: its tag, which must name a registry).
+
+        Blobs the registry has already are skipped. Returns the reference pushed.
+
+        Example::
+
+            img.push("localhost:5000/team/app:v1")
+        """
+        from pycontain.image import registry
+
+        if self.based_on_host:
+            raise Unsupported("an image based on the host cannot be pushed", op="Image.push",
+                              value=self.tag or self.digest)
+        return registry.push(self, ref, progress=progress)
+
     def save(self, path: str | os.PathLike[str], format: str = "oci") -> str:
         """Export to ``path``: ``format="oci"`` (an OCI layout: a directory, or a
         tar if ``path`` ends in ``.tar``) or ``"docker-archive"`` (a tar that
