@@ -52,7 +52,7 @@ def registry(tmp_path) -> Iterator[str]:
                         break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"registry did not start: {proc.stderr.read() if proc.stderr else ''}")
+                    raise AssertionError(f"registry did not start: {proc.stderr.read() if proc.stderr else ''}") from None
                 time.sleep(0.1)
         yield f"127.0.0.1:{port}"
     finally:
