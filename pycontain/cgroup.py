@@ -332,6 +332,15 @@ class Cgroup:
     def __enter__(self) -> Cgroup:
         return self
 
+    def __del__(self) -> None:
+        # Like subprocess.Popen: a cgroup forgotten without remove() stays in
+        # the kernel (on purpose: it may outlive this object), so say so.
+        if not getattr(self, "_readonly", True) and not getattr(self, "_removed", True):
+            import warnings
+
+            warnings.warn(f"cgroup {self.name!r} was not removed; use `with Cgroup(...)` or call remove()",
+                          ResourceWarning, stacklevel=2)
+
     def __exit__(self, *exc: object) -> None:
         if not self._readonly:
             self.remove()
