@@ -87,7 +87,7 @@ def _harden(config: Config, program: bytes | None, uid: int | None = None) -> No
 
 def run_script(root: str, script: str, config: Config = HARDENED, *, plan: dict[str, Any] | None = None,
                before: Callable[[], None] | None = None, new: Iterable[str] = NAMESPACES,
-               enter: bool = True, uid: int | None = None, timeout: float = 30) -> Run:
+               enter: bool = True, uid: int | None = None, id_map: str | None = None, timeout: float = 30) -> Run:
     """Run ``busybox sh -c script`` in a container on ``root``; stdout+stderr captured."""
     program = seccomp.compile_bpf(seccomp.load_profile(config.seccomp), config.caps)
     plan_obj = RootfsPlan(root, **(plan or {}))
@@ -103,7 +103,8 @@ def run_script(root: str, script: str, config: Config = HARDENED, *, plan: dict[
                 capabilities.close_fds((0, 1, 2))
             os.execv("/bin/busybox", ["sh", "-c", script])
 
-        child = start(ChildSpec(target=target, new=frozenset(new), stdout=out.fileno(), stderr=out.fileno()))
+        child = start(ChildSpec(target=target, new=frozenset(new), stdout=out.fileno(), stderr=out.fileno(),
+                                uid_map=id_map, gid_map=id_map))
         try:
             code = child.wait(timeout)
         finally:

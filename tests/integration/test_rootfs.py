@@ -85,6 +85,7 @@ def test_device_nodes_made_inside_cannot_be_used(root):
     assert "BLK-MADE" in calib.output and "CHR-OPENED" in calib.output
 
 
+@pytest.mark.v1  # the v1 hybrid layout: one directory per controller
 def test_sys_and_cgroup_are_read_only(root):
     script = ("touch /sys/x 2>&1; echo 1 > /sys/kernel/uevent_helper 2>&1; "
               "echo ---; ls /sys/fs/cgroup; echo ---; "
@@ -313,3 +314,15 @@ def test_dev_swapped_for_a_symlink_mid_setup_touches_nothing_outside(root):
         run_script(root, "true", before=swap_after_dev_mount)
     assert not os.path.exists(marker) and not os.path.exists(os.path.join(root, marker.lstrip("/")))
     os.unlink(os.path.join(root, "dev"))  # the planted link to "/" goes before tmp_path cleanup
+
+
+def test_rootfs_in_a_user_namespace(root):
+    # The same setup as root of a new user namespace (bind-mounted device
+    # nodes, proc/sysfs/mqueue owned by the new namespaces).
+    run = run_script(root, "cat /proc/self/uid_map; ls /dev | wc -l; grep CapEff /proc/self/status; "
+                           "touch /sys/x 2>&1; ls /proc | grep -c -E '^[0-9]+$'",
+                     new={"user", "mnt", "pid", "uts", "ipc", "net"}, id_map="0 0 4294967295")
+    assert run.returncode == 0, run.output
+    assert "4294967295" in run.output and "Read-only file system" in run.output
+    assert "\n14\n" in run.output  # DEVICES + pts shm mqueue ptmx fd stdin stdout stderr
+    assert "a80425fb" in run.output
