@@ -454,8 +454,22 @@ class V1Group:
         dirs = self._unique_dirs()
         return cgroupfs.procs(dirs[0]) if dirs else []
 
+    def _subtree_dirs(self) -> list[str]:
+        out = []
+        for d in self._unique_dirs():
+            out.append(d)
+            out.extend(cgroupfs.descendants(d))
+        return out
+
+    def all_pids(self) -> list[int]:
+        """Processes in the cgroup and in cgroups below it, in every hierarchy."""
+        found: set[int] = set()
+        for d in self._subtree_dirs():
+            found.update(cgroupfs.procs(d))
+        return sorted(found)
+
     def populated(self) -> bool:
-        return any(cgroupfs.procs(d) for d in self._unique_dirs())
+        return any(cgroupfs.procs(d) for d in self._subtree_dirs())
 
     # -- freezer --------------------------------------------------------------------------
 
@@ -497,8 +511,11 @@ class V1Group:
         deadline = time.monotonic() + timeout
         can_freeze = "freezer" in self.dirs and os.path.isdir(self.dirs["freezer"])
         while True:
-            pids = self.pids() if not self.unified else sorted(set(self.pids()) | set(cgroupfs.procs(self.unified)))
-            if not pids and not self.populated():
+            # v1 cgroup.procs lists only the cgroup's own processes; cgroups a
+            # workload made below ours are searched too (the freezer is
+            # hierarchical, so freezing ours stops them all).
+            pids = self.all_pids()
+            if not pids:
                 return
             if can_freeze:
                 try:
@@ -525,17 +542,8 @@ class V1Group:
         """Kill what is inside, rmdir in every hierarchy, unmount hierarchies we mounted."""
         if self.exists():
             self.kill(timeout=timeout)
-            deadline = time.monotonic() + timeout
             for d in reversed(self._unique_dirs()):
-                while True:
-                    try:
-                        cgroupfs.remove_dir(d)
-                        break
-                    except KernelError as e:
-                        # The last exiting task may still be leaving (EBUSY) a moment after it died.
-                        if e.errno != 16 or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.005)
+                cgroupfs.remove_tree(d, timeout=timeout)  # cgroups made inside ours go first
         for ctrl, mount in list(self.net_mounts.items()):
             del self.net_mounts[ctrl]
             _release_net_hierarchy(mount, self.parent)

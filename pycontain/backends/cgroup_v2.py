@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from pycontain.backends.cgroup_limits import UNLIMITED, Limits
-from pycontain.errors import AlreadyExists, KernelError, PycontainError, Timeout, Unsupported
+from pycontain.errors import AlreadyExists, PycontainError, Timeout, Unsupported
 from pycontain.kernel import cgroupfs
 from pycontain.kernel.cgroupfs import CgroupLayout
 from pycontain.units import format_cpuset
@@ -311,16 +311,8 @@ class V2Group:
         if not os.path.isdir(self.path):
             self._detach_devices()
             return
-        self.kill(timeout=timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                cgroupfs.remove_dir(self.path)
-                break
-            except KernelError as e:
-                if e.errno != 16 or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.005)
+        self.kill(timeout=timeout)  # cgroup.kill and "populated" cover the whole subtree
+        cgroupfs.remove_tree(self.path, timeout=timeout)  # cgroups made inside ours go first
         # rmdir released the kernel's reference to the program; close ours.
         self._detach_devices()
 

@@ -327,3 +327,33 @@ def is_mount_point(path: str) -> bool:
     """True if ``path`` is a mount point in this mount namespace."""
     real = os.path.realpath(path)
     return any(m.mount_point == real for m in mountinfo())
+
+
+def descendants(path: str) -> list[str]:
+    """Every cgroup below ``path``, deepest first (the order rmdir needs)."""
+    out: list[str] = []
+    for name in children(path):
+        sub = f"{path}/{name}"
+        out.extend(descendants(sub))
+        out.append(sub)
+    return out
+
+
+def remove_tree(path: str, timeout: float = 10.0) -> None:
+    """rmdir ``path`` and the (empty) cgroups below it, children first.
+
+    A task that was just killed may hold its cgroup for a moment after it is
+    gone from cgroup.procs, so EBUSY is retried until ``timeout`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    for d in [*descendants(path), path]:
+        while True:
+            try:
+                remove_dir(d)
+                break
+            except OSError as e:
+                if e.errno != _errno.EBUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)

@@ -353,6 +353,30 @@ def test_remove_kills_everything_and_is_idempotent() -> None:
         cg.freeze()
 
 
+def test_remove_takes_cgroups_made_inside() -> None:
+    # A workload may make cgroups below its own (systemd, a nested runtime):
+    # remove() kills their processes and removes them, children first.
+    cg = Cgroup(new_name())
+    nested = [os.path.join(p, "inner") for p in cg.paths]
+    for d in nested:
+        os.mkdir(d)
+        for f in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset children start empty
+            if os.path.exists(f"{d}/{f}"):
+                with open(f"{os.path.dirname(d)}/{f}") as src, open(f"{d}/{f}", "w") as dst:
+                    dst.write(src.read())
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        for d in nested:
+            with open(f"{d}/cgroup.procs", "w") as f:
+                f.write(str(proc.pid))
+        assert cg.pids() == []  # not in ours directly, but inside it
+    finally:
+        cg.remove()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not any(os.path.exists(d) for d in nested) and not cg.exists()
+
+
 def test_kill_leaves_the_cgroup() -> None:
     with Cgroup(new_name()) as cg:
         children = [cg.run(["sleep", "60"]) for _ in range(3)]
