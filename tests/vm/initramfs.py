@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from kernel import CACHE, HERE, Kernel, VMSetupError, module_closure
+from tests.vm.kernel import CACHE, HERE, Kernel, VMSetupError, module_closure
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 

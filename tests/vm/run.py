@@ -37,10 +37,14 @@ import threading
 import time
 from pathlib import Path
 
-from initramfs import ensure_initramfs
-from kernel import CACHE, Kernel, VMSetupError, ensure_kernel
-
 PROJECT = Path(__file__).resolve().parents[2]
+if __name__ == "__main__":
+    # Run as a script (./dev test-v2): make the project importable as the harness's package root.
+    sys.path.insert(0, str(PROJECT))
+
+from tests.vm.initramfs import ensure_initramfs  # noqa: E402
+from tests.vm.kernel import CACHE, Kernel, VMSetupError, ensure_kernel  # noqa: E402
+
 RUNS = CACHE / "runs"
 KEEP_RUNS = 5
 DEFAULT_TIMEOUT_S = 1200
@@ -58,7 +62,7 @@ def _env_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (value > 0 and value != float("inf")):
         raise VMSetupError(f"{name}={raw!r} is not a positive number")
     return value
 
