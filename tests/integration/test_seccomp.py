@@ -231,3 +231,47 @@ def test_bad_profiles_are_refused_before_anything_runs(tmp_path):
         seccomp.load_profile(str(bad))
     with pytest.raises(InvalidArgument, match="cannot read"):
         seccomp.load_profile(str(tmp_path / "missing.json"))
+
+
+_DATA_STACK = r'''
+import numpy as np, pandas as pd, threading, subprocess, multiprocessing as mp, tempfile, asyncio
+a = np.random.rand(200, 200); b = a @ a
+total = pd.DataFrame({"x": range(1000)}).x.sum()
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+sub = subprocess.run(["/bin/echo", "sub"], capture_output=True, text=True).stdout.strip()
+with mp.Pool(2) as pool: r = pool.map(abs, [-1, -2])
+import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+plt.plot([1, 2]); plt.savefig(tempfile.mktemp(suffix=".png"))
+asyncio.run(asyncio.sleep(0))
+print("DATA-STACK-OK", total, sub, r, b.shape)
+'''
+
+
+def test_python_data_stack_runs_under_the_default_filter(tmp_path):
+    # What the notebook user runs inside: numpy/BLAS threads, pandas, a
+    # subprocess, a multiprocessing pool, matplotlib, asyncio -- all under
+    # Docker's capabilities, no_new_privs and the default filter.
+    pytest.importorskip("numpy")
+    pytest.importorskip("matplotlib")
+    import sys
+    import tempfile
+
+    from pycontain.backends import capabilities
+    from pycontain.engine import ChildSpec, start
+
+    program = seccomp.compile_bpf(seccomp.default_profile())
+
+    def target() -> None:
+        capabilities.drop_capabilities()
+        capabilities.set_no_new_privs()
+        seccomp.apply_seccomp(program)
+        capabilities.close_fds((0, 1, 2))
+        os.execv(sys.executable, [sys.executable, "-c", _DATA_STACK])
+
+    with tempfile.TemporaryFile() as out:
+        child = start(ChildSpec(target=target, new={"mnt", "pid", "ipc", "uts", "net"}, stdout=out.fileno(),
+                                stderr=out.fileno()))
+        code = child.wait(120)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    assert code == 0 and "DATA-STACK-OK 499500 sub [1, 2] (200, 200)" in text, text
