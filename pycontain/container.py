@@ -121,6 +121,8 @@ class Container:
             path to a Docker-format JSON profile.
         detach: outlive the creating process (otherwise the container dies with it).
         ports: ``{host_port: container_port}``, served on 127.0.0.1.
+        bandwidth: a rate limit for the container's traffic, both directions
+            (``"20mbit"`` or bits/s; needs a network).
 
     Raises:
         InvalidArgument: for any bad option, before anything is created.
@@ -152,12 +154,13 @@ class Container:
         seccomp: Any = "default",
         detach: bool = False,
         ports: Any = None,
+        bandwidth: Any = None,
     ) -> None:
         self.config: ContainerConfig = make_config(
             image=image, command=command, name=name, memory=memory, cpus=cpus, pids=pids, cpuset=cpuset,
             network=network, hostname=hostname, env=env, volumes=volumes, workdir=workdir, user=user,
             read_only=read_only, cap_add=cap_add, cap_drop=cap_drop, seccomp=seccomp, detach=detach,
-            ports=ports,
+            ports=ports, bandwidth=bandwidth,
         )
         self._external = False
         self.name = self.config.name
@@ -297,6 +300,11 @@ class Container:
         return self._exit_code
 
     @property
+    def ip(self) -> str | None:
+        """The container's address on its network (None for "none" and "host")."""
+        return getattr(self._network, "ip", None)
+
+    @property
     def cgroup(self) -> Cgroup | None:
         """The container's :class:`~pycontain.Cgroup` (after start)."""
         return self._cgroup
@@ -406,6 +414,7 @@ class Container:
                     confinement=self._confinement,
                     hosts=net.hosts_file(self.config.hostname or self.name[:63]),
                     loopback=self.config.network != "host",
+                    hosts_path=getattr(net, "hosts_path", None),
                 )
                 spec = ChildSpec(
                     target=_container_init,
@@ -855,6 +864,7 @@ class _ChildSetup:
     confinement: Any
     hosts: str | None
     loopback: bool
+    hosts_path: str | None = None
 
     def enter(self) -> None:
         """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening."""
@@ -863,12 +873,19 @@ class _ChildSetup:
 
         if self.loopback:
             syscalls.interface_up("lo")
+        volumes = [(v.source, v.destination, v.read_only) for v in self.config.volumes]
+        files = {"/etc/hosts": self.hosts} if self.hosts else {}
+        if self.hosts_path:
+            # The network's hosts file, rewritten in place as containers join
+            # and leave: a read-only bind keeps the names current.
+            volumes.append((self.hosts_path, "/etc/hosts", True))
+            files = {}
         rootfs.enter_rootfs(
             self.rootfs.target,
             mount_root=self.rootfs.mount,
-            volumes=[(v.source, v.destination, v.read_only) for v in self.config.volumes],
+            volumes=volumes,
             read_only=self.config.read_only,
-            files={"/etc/hosts": self.hosts} if self.hosts else {},
+            files=files,
         )
         hardening.confine(self.confinement)
 

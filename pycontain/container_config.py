@@ -63,6 +63,7 @@ class ContainerConfig:
     seccomp: str = "default"
     detach: bool = False
     ports: dict[int, int] = field(default_factory=dict)
+    bandwidth: int | None = None  # bits per second, both directions
 
 
 def make_config(
@@ -85,6 +86,7 @@ def make_config(
     seccomp: Any = "default",
     detach: Any = False,
     ports: Any = None,
+    bandwidth: Any = None,
 ) -> ContainerConfig:
     """Validate and normalize container options.
 
@@ -114,7 +116,19 @@ def make_config(
         seccomp=_seccomp(seccomp),
         detach=_bool(detach, "detach"),
         ports=parse_ports(ports),
+        bandwidth=_bandwidth(bandwidth, network) if bandwidth is not None else None,
     )
+
+
+def _bandwidth(value: Any, network: Any) -> int:
+    from pycontain.network import parse_rate
+
+    if network in ("none", "host"):
+        raise InvalidArgument(
+            "a bandwidth limit needs a network", field="bandwidth", value=value,
+            hint="use network='bridge' or a Network; 'none' has no traffic to shape, 'host' is the host's",
+        )
+    return parse_rate(value, "bandwidth")
 
 
 def _online_cpus() -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -84,3 +85,38 @@ def test_a_none_container_reaches_nothing() -> None:
             assert probe.wait(30) == 7
         finally:
             probe.remove(force=True)
+
+
+def test_ip_live_names_and_bandwidth_through_container(tmp_path) -> None:
+    """c.ip is the address on the network; a container that joins later is
+    resolvable by an earlier one (the hosts file is live); bandwidth= holds."""
+    Container = container_mod.Container
+    with pcnet.Network.create("ctest2", subnet="10.213.242.0/24") as net:
+        first = Container(command=["sleep", "60"], name="first", network=net, bandwidth="20mbit")
+        late = Container(command=["sleep", "60"], name="late", network=net)
+        try:
+            first.start()
+            assert first.ip is not None and first.ip.startswith("10.213.242.")
+            late.start()
+            assert first.exec(["sh", "-c", f"grep -q '^{late.ip}[[:space:]]late$' /etc/hosts"]) == 0
+            # 5 MB from late to first at 20 Mbit/s: about 2 s.
+            sink = ("import socket,time\ns=socket.socket(); s.bind(('0.0.0.0', 9000)); s.listen()\n"
+                    "c,_=s.accept(); n=0; t=None\nwhile True:\n    b=c.recv(65536)\n    if not b: break\n"
+                    "    t = t or time.monotonic(); n+=len(b)\nprint(n*8/(time.monotonic()-t))")
+            out = tmp_path / "rate"
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                server = first.exec([sys.executable, "-c", sink], wait=False, stdout=fd)
+            finally:
+                os.close(fd)
+            time.sleep(0.5)
+            send = ("import socket,time\nfor _ in range(100):\n    try:\n"
+                    f"        s=socket.create_connection(('{first.ip}', 9000)); break\n"
+                    "    except OSError: time.sleep(0.05)\ns.sendall(b'x' * 5_000_000); s.close()")
+            assert late.exec([sys.executable, "-c", send], timeout=30) == 0
+            server.wait(30)
+            rate = float(out.read_text())
+            assert 0.8 * 20e6 <= rate <= 1.2 * 20e6, rate
+        finally:
+            first.remove(force=True)
+            late.remove(force=True)
