@@ -28,9 +28,11 @@ Each run's console log, junit.xml and exit status are kept in
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -173,6 +175,16 @@ def new_run_dir() -> Path:
     return run
 
 
+def _die_with_parent() -> None:
+    """In qemu's child, before exec: SIGKILL it if the harness dies (even by SIGKILL)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def prepare() -> tuple[Kernel, Path]:
     kernel = ensure_kernel()
     return kernel, ensure_initramfs(kernel)
@@ -182,7 +194,6 @@ def run(pytest_args: list[str]) -> int:
     t_start = time.monotonic()
     timeout = _env_number("PYCONTAIN_VM_TIMEOUT", DEFAULT_TIMEOUT_S)
     kernel, initrd = prepare()
-    out = new_run_dir()
     # Not resolved through symlinks: a venv's bin/python must stay the venv's.
     python = os.path.abspath(sys.executable)
     command = os.environ.get("PYCONTAIN_VM_COMMAND")
@@ -194,6 +205,7 @@ def run(pytest_args: list[str]) -> int:
         if files:
             say(f"v2 tests in: {' '.join(files)}")
             pytest_args = [*pytest_args, *files]
+    out = new_run_dir()
     job = {
         "PROJECT": str(PROJECT),
         "MODULES_DIR": str(kernel.modules_dir),
@@ -207,7 +219,16 @@ def run(pytest_args: list[str]) -> int:
 
     t_boot = time.monotonic()
     ready_at: list[float] = []
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    # A CI runner stopping us with SIGTERM/SIGHUP must not leave qemu behind.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     assert proc.stdout is not None
     stream = proc.stdout
 
@@ -278,6 +299,9 @@ def main(argv: list[str]) -> int:
     except VMSetupError as e:
         say(f"FAILED to set up the VM: {e}")
         return 1
+    except KeyboardInterrupt:
+        say("FAILED: interrupted")
+        return 130
 
 
 if __name__ == "__main__":
