@@ -42,6 +42,8 @@ from pycontain.errors import Busy, InvalidArgument, NotFound, Unsupported
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+    from pycontain.backends.storage_driver import RootfsPlan
+
 __all__ = ["Layer", "Image", "ImageConfig", "Limits", "images", "prune", "disk_usage"]
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -496,6 +498,26 @@ class Image:
         self._rec.tags = [normalize_tag(tag)]
         self._rec = self._store.put_image(self._rec)
         return self
+
+    # -- containers ----------------------------------------------------------------------
+
+    def prepare_rootfs(self, container_dir: str | os.PathLike[str], *, owner: str,
+                       driver: str | None = None) -> RootfsPlan:
+        """Prepare a container's rootfs from this image with a storage driver (no mount yet).
+
+        ``driver``: "overlay", "btrfs" or "copy" (default: the best for the
+        store; an explicit choice never falls back). ``owner`` names the
+        container in the store's registry, which keeps this image and its
+        layers from being removed while the rootfs exists. Mount the result
+        with :func:`pycontain.backends.storage_driver.mount_rootfs` inside the
+        container's private mount namespace; release it with
+        ``select_driver(store, plan.driver).cleanup(plan)``.
+        """
+        from pycontain.backends.storage_driver import select_driver
+
+        drv = select_driver(self._store, driver)
+        return drv.prepare([layer.record for layer in self.layers], os.fspath(container_dir),
+                           image=self.digest, owner=owner)
 
     # -- store management ----------------------------------------------------------------
 

@@ -103,8 +103,8 @@ def test_image_in_use_cannot_be_removed_and_its_layers_are_not_pruned(tmp_path, 
     st = Store()
     base = Image.from_rootfs(base_dir, tag="base:1")
     layer_digest = base.layers[0].digest
-    driver = sd.select_driver(st, "overlay")
-    plan = driver.prepare([x.record for x in base.layers], str(tmp_path / "c1"), image=base.digest, owner="c1")
+    plan = base.prepare_rootfs(str(tmp_path / "c1"), owner="c1", driver="overlay")
+    driver = sd.select_driver(st, plan.driver)
     try:
         with pytest.raises(Busy, match="c1"):
             base.remove()
