@@ -38,6 +38,7 @@ import errno
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -286,6 +287,7 @@ class Workspace:
     _closers: list[Callable[[], None]] = field(default_factory=list)
     _host_before: dict[str, bool] = field(default_factory=dict)
     _pycontain_before: set[str] = field(default_factory=set)
+    _tops_before: set[str] = field(default_factory=set)
     _podman_ready: bool = False
     leftovers: dict[str, list[str]] = field(default_factory=dict)
 
@@ -294,7 +296,8 @@ class Workspace:
     def open(self) -> Workspace:
         """Make the rootfs, the private mount namespace and the state dirs."""
         self._host_before = {p: os.path.lexists(p) for p in HOST_PATHS}
-        self._pycontain_before = {h for h in hierarchies() if os.path.isdir(os.path.join(h, "pycontain"))}
+        self._tops_before = set(self._cgroup_tops())
+        self._pycontain_before = {t for t in self._tops_before if os.path.isdir(os.path.join(t, "pycontain"))}
         self.mode = cgroup_mode()
         self.cgroup_parent = f"/pycontain/bench-{os.getpid()}"
         # /var/tmp is on the root fs here (overlay-capable); the workspace holds
@@ -324,20 +327,48 @@ class Workspace:
         """Run ``fn`` at close(), before the workspace itself is removed (LIFO)."""
         self._closers.append(fn)
 
+    def _view_script(self) -> str:
+        """Shell commands that build the private /sys/fs/cgroup view (v1 and hybrid hosts).
+
+        A fresh tmpfs, with each mounted v1 hierarchy bind-mounted back in and,
+        on a hybrid host, a tmpfs where ``unified`` was, is moved over
+        /sys/fs/cgroup. crun then sees pure v1 (it refuses hybrid), and the
+        directories and files crun makes for controllers listed in
+        /proc/self/cgroup but mounted nowhere (e.g. net_cls after another
+        program unmounted it) land in that private tmpfs, not in the host's
+        /sys/fs/cgroup. It all vanishes with the namespace.
+        """
+        if self.mode not in ("v1", "hybrid"):
+            return ""
+        stage = os.path.join(self.root, "cgroup-view")
+        os.makedirs(stage, exist_ok=True)
+        q = shlex.quote
+        cmds = [f"mount -t tmpfs -o size=16m,mode=0755 pycontain-bench-cgview {q(stage)}"]
+        for h in hierarchies():
+            name = os.path.relpath(h, CGROUP_ROOT)
+            if name.startswith("..") or name == ".":
+                continue
+            target = os.path.join(stage, name)
+            cmds.append(f"mkdir -p {q(target)}")
+            if self.mode == "hybrid" and name == "unified":
+                cmds.append(f"mount -t tmpfs -o size=16m,mode=0755 pycontain-bench-nocg2 {q(target)}")
+            else:
+                cmds.append(f"mount --bind {q(h)} {q(target)}")
+        for entry in sorted(os.listdir(CGROUP_ROOT)):
+            path = os.path.join(CGROUP_ROOT, entry)
+            if os.path.islink(path):  # e.g. cpu -> cpu,cpuacct
+                cmds.append(f"ln -s {q(os.readlink(path))} {q(os.path.join(stage, entry))}")
+        cmds.append(f"mount --move {q(stage)} {CGROUP_ROOT}")
+        return " && ".join(cmds) + " && "
+
     def _open_namespace(self) -> None:
-        # A private mount namespace for crun and podman. On a hybrid host a tmpfs
-        # covers /sys/fs/cgroup/unified there, so crun sees pure v1. (crun then
-        # treats unified/ as a named hierarchy and writes small files into the
-        # tmpfs; they vanish with the namespace.) The shell
-        # prints once the mount is done; the fd we open keeps the namespace
-        # alive after the holder process is gone.
-        cover = (
-            "mount -t tmpfs -o size=16m,mode=0755 pycontain-bench-nocg2 /sys/fs/cgroup/unified && "
-            if self.mode == "hybrid"
-            else ""
-        )
+        # A private mount namespace for crun and podman, with the private
+        # /sys/fs/cgroup view of _view_script(). The shell prints once the
+        # mounts are done; the fd we open keeps the namespace alive after the
+        # holder process is gone.
+        script = self._view_script() + "echo ready && exec sleep 600"
         holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", cover + "echo ready && exec sleep 600"],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
         )
@@ -405,23 +436,45 @@ class Workspace:
                 return
             time.sleep(0.05)
 
+    def _cgroup_tops(self) -> list[str]:
+        """Every directory directly under /sys/fs/cgroup (mounted or not)."""
+        try:
+            entries = os.listdir(CGROUP_ROOT)
+        except OSError:
+            return []
+        return sorted(
+            os.path.join(CGROUP_ROOT, e)
+            for e in entries
+            if not os.path.islink(os.path.join(CGROUP_ROOT, e)) and os.path.isdir(os.path.join(CGROUP_ROOT, e))
+        )
+
     def _remove_cgroups(self) -> None:
         if not self.cgroup_parent:
             return
         rel = self.cgroup_parent.lstrip("/")
-        for h in hierarchies():
-            top = os.path.join(h, rel)
-            if not os.path.isdir(top):
+        mounted = set(hierarchies())
+        for top in self._cgroup_tops():
+            ours = os.path.join(top, rel)
+            if not os.path.isdir(ours):
                 continue
-            dirs = [d for d, _s, _f in os.walk(top)]
-            for d in sorted(dirs, key=len, reverse=True):
-                _rmdir_retry(d)
-        # The shared parent: only where this run created it; rmdir refuses if
-        # someone else put a child there meanwhile, which is what we want.
-        for h in hierarchies():
-            if h not in self._pycontain_before:
+            if top in mounted:
+                dirs = [d for d, _s, _f in os.walk(ours)]
+                for d in sorted(dirs, key=len, reverse=True):
+                    _rmdir_retry(d)
+            else:
+                # A plain directory on the host's /sys/fs/cgroup tmpfs: a
+                # runtime's `mkdir -p` for a controller that is listed in
+                # /proc/self/cgroup but mounted nowhere. Ours by name.
+                shutil.rmtree(ours, ignore_errors=True)
+        # The shared parent, and top-level dirs a runtime made: only where this
+        # run created them; rmdir refuses if someone else put something there.
+        for top in self._cgroup_tops():
+            if top not in self._pycontain_before:
                 with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(h, "pycontain"))
+                    os.rmdir(os.path.join(top, "pycontain"))
+            if top not in self._tops_before and top not in mounted:
+                with contextlib.suppress(OSError):
+                    os.rmdir(top)
 
     def _remove_host_paths(self) -> None:
         for path, existed in self._host_before.items():
@@ -441,8 +494,10 @@ class Workspace:
         """What this run left on the host (should be nothing)."""
         rel = self.cgroup_parent.lstrip("/")
         cgroups = sorted(
-            os.path.join(h, rel) for h in hierarchies() if rel and os.path.exists(os.path.join(h, rel))
+            os.path.join(t, rel) for t in self._cgroup_tops() if rel and os.path.exists(os.path.join(t, rel))
         )
+        mounted = set(hierarchies())
+        cgroups += [t for t in self._cgroup_tops() if t not in self._tops_before and t not in mounted]
         mounts = []
         with open("/proc/self/mountinfo") as f:
             for line in f:

@@ -190,10 +190,12 @@ python3 benchmarks/run.py --quick    # smoke run, 3 rounds
 ```
 
 How the peers run (details in `benchmarks/README.md`): crun and podman (which runs crun) run in a
-private mount namespace where a tmpfs covers `/sys/fs/cgroup/unified`, because crun 1.8 refuses
-this host's hybrid cgroups; every container gets pid/net/ipc/uts/mnt namespaces and a cgroup under
-`/pycontain/bench-<pid>`; podman has a private store, `--network=none`, cgroupfs and file events.
-Every command is started the same way (fork + exec from Python), so the launch cost is shared.
+private mount namespace whose `/sys/fs/cgroup` shows the v1 hierarchies only (a tmpfs covers
+`unified`), because crun 1.8 refuses this host's hybrid cgroups; every container gets
+pid/net/ipc/uts/mnt namespaces and a cgroup under `/pycontain/bench-<pid>`; podman has a private
+store, `--network=none`, cgroupfs and file events. Every command is started the same way
+(fork + exec from Python), so the launch cost is shared. Groups other than the peers' come from
+other `bench_*.py` modules (cgroups, networking) and have their own baselines.
 
 ## Latest results
 
