@@ -185,8 +185,9 @@ shared and noisy: read ratios, not absolute numbers. Nothing in the test suite a
 Reproduce (as root; installs missing peers from Debian):
 
 ```bash
-python3 benchmarks/run.py            # full run, rewrites this page and {rel}/
-python3 benchmarks/run.py --quick    # smoke run, 3 rounds
+python3 benchmarks/run.py                 # full run, rewrites this page and benchmarks/results/latest/
+python3 benchmarks/run.py --quick         # smoke run, 3 rounds
+python3 benchmarks/run.py --only start    # one group (any part of a group or case name)
 ```
 
 How the peers run (details in `benchmarks/README.md`): crun and podman (which runs crun) run in a
@@ -199,7 +200,12 @@ other `bench_*.py` modules (cgroups, networking) and have their own baselines.
 
 ## Latest results
 
-Run {results['started']} ({results['repeat']} rounds{', quick' if results['quick'] else ''}, {results['duration_s']:.0f} s).
+Run {results['started']} ({results['repeat']} rounds{', quick' if results['quick'] else ''}, {results['duration_s']:.0f} s;
+load average {results['load'][0]} at the start, {results['load'][1]} at the end, on {m['cpus']} CPUs).
+For scale, the yardsticks of `DESIGN.md` §9, measured on a quiet machine of this kind
+(median ms, warm): crun run 8, runc run 24, podman run --rm ~170, bwrap --unshare-all 5,
+`python3 -I -S -c pass` 9, `python3 -c pass` 39. Where this run is slower across the board, the
+machine was busy: the ratios still hold.
 
 ![benchmark plot]({rel}/plot.png)
 
@@ -219,6 +225,15 @@ Run {results['started']} ({results['repeat']} rounds{', quick' if results['quick
 Raw samples: [`results.json`]({rel}/results.json).
 Left behind by the run (should be empty): `{json.dumps(results['leftovers'])}`.
 """
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average: how busy the shared machine was."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class _Interrupted(BaseException):
@@ -252,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     t0 = time.monotonic()
     cg_before = cgroup_dirs()
+    load_start = _loadavg()
     missing = ensure_installed(install=not args.no_install, log=log)
     for peer, reason in missing.items():
         log(f"  - {peer}: {reason}")
@@ -290,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeat": repeat,
         "only": args.only,
         "machine": info,
+        "load": [load_start, _loadavg()],
         "cgroup_parent": ws.cgroup_parent,
         "leftovers": leftovers,
         "cases": rows,
