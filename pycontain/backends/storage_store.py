@@ -343,20 +343,24 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._image_path(digest))
 
-    def prune(self, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-        """Remove layers no image refers to (and not in ``keep``); returns their diff_ids."""
+    def prune(self, keep: set[str] = frozenset(), only: set[str] | None = None) -> list[str]:  # type: ignore[assignment]
+        """Remove layers no image refers to (and not in ``keep``); returns their diff_ids.
+
+        ``only`` limits the candidates (the layers of an image just removed).
+        """
         with self.lock():
             used = set(keep)
             for rec in self.images():
                 used.update(rec.layers)
             removed = []
             for layer in self.layers():
-                if layer.diff_id not in used:
+                if layer.diff_id not in used and (only is None or layer.diff_id in only):
                     self.remove_layer(layer.diff_id)
                     removed.append(layer.diff_id)
-            # leftovers of crashed writers
-            for name in os.listdir(self.tmp_dir):
-                _remove_tree(os.path.join(self.tmp_dir, name))
+            if only is None:
+                # leftovers of crashed writers (a full prune holds the lock, so none is running)
+                for name in os.listdir(self.tmp_dir):
+                    _remove_tree(os.path.join(self.tmp_dir, name))
         return removed
 
 

@@ -523,14 +523,15 @@ class Image:
 
     def remove(self, *, prune: bool = True) -> None:
         """Remove this image from the store (idempotent); with ``prune``, also
-        the layers no other image uses. Raises Busy if a container uses it."""
+        those of its layers no other image or container uses (other unused
+        layers stay: :func:`prune` removes them). Raises Busy if a container uses it."""
         users = _containers_using(self._store, self.digest)
         if users:
             raise Busy("image is used by containers", op="Image.remove", value=self.tag or self.digest,
                        hint=f"remove the containers first: {', '.join(users)}")
         self._store.remove_image(self.digest)
         if prune:
-            self._store.prune(keep=_layers_in_use(self._store))
+            self._store.prune(keep=_layers_in_use(self._store), only=set(self._rec.layers))
 
     def disk_usage(self) -> pd.DataFrame:
         """Per layer of this image: digest, size, disk bytes and how many images share it."""

@@ -88,8 +88,9 @@ def test_images_dataframe_remove_and_prune(tmp_path, base_dir) -> None:
     with pytest.raises(NotFound):
         Image.get("app:1")
 
-    # an unreferenced layer is pruned on demand
+    # an unreferenced layer survives removing other images, and is pruned on demand
     orphan = Layer.from_dir(_tree(str(tmp_path / "orphan"), {"o": "o"}))
+    Image.from_rootfs(_tree(str(tmp_path / "tmpimg"), {"t": "t"})).remove()
     assert st.has_layer(orphan.digest)
     assert prune() == [orphan.digest]
     assert not os.path.exists(os.path.join(st.layers_dir, orphan.digest.split(":")[1]))
