@@ -91,12 +91,18 @@ def kernel_package_name() -> str:
 
 def fetch_kernel() -> Kernel:
     """Download and unpack the kernel .deb into the cache (replacing any old one)."""
-    package = kernel_package_name()
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kernel-dl-", dir=CACHE) as tmp:
-        res = _run(["apt-get", "download", package], cwd=tmp)
-        debs = sorted(Path(tmp).glob("*.deb"))
-        if res.returncode != 0 or not debs:
+        for attempt in range(2):
+            package = kernel_package_name()
+            res = _run(["apt-get", "download", package], cwd=tmp)
+            debs = sorted(Path(tmp).glob("*.deb"))
+            if res.returncode == 0 and debs:
+                break
+            if attempt == 0:
+                # Stale package lists name a version the mirror has since replaced.
+                _run(["apt-get", "update", "-qq"])
+        else:
             raise VMSetupError(
                 f"apt-get download {package} failed (exit {res.returncode}): {res.stderr.strip()}; "
                 "hint: needs root and access to Debian's mirrors"
@@ -134,9 +140,7 @@ def _depmod(tree: Path, version: str) -> None:
 
 def ensure_kernel() -> Kernel:
     """The cached kernel, fetched first if the cache has none."""
-    kernel = cached_kernel()
-    if kernel is None:
-        return fetch_kernel()
+    kernel = cached_kernel() or fetch_kernel()
     if not (kernel.modules_dir / "modules.dep.bin").exists():
         # Unpacked before kmod was installed: index it now.
         _depmod(kernel.root, kernel.version)
