@@ -493,14 +493,18 @@ def _mount_dev(r: _Root, dev_fd: int) -> None:
         os.symlink(link, r.p(f"dev/{name}"))
 
 
+# Inode numbers of the initial namespaces (include/linux/proc_ns.h): fixed,
+# so no need to read /proc/1/ns (which a sandboxed host may hide).
+_PROC_USER_INIT_INO = 0xEFFFFFFD
+_PROC_CGROUP_INIT_INO = 0xEFFFFFFB
+
+
 def _in_own_cgroup_namespace() -> bool:
-    try:
-        return proc.namespace_id("self", "cgroup") != proc.namespace_id(1, "cgroup")
-    except PycontainError:
-        # /proc/1/ns may be unreadable (a sandboxed host). A process in a
-        # cgroup namespace of its own sees itself at "/" everywhere; a process
-        # at "/" without one sees the same whole tree either way, read-only.
-        return all(m.path == "/" for m in proc.proc_cgroup("self"))
+    return proc.namespace_id("self", "cgroup").inode != _PROC_CGROUP_INIT_INO
+
+
+def _in_user_namespace() -> bool:
+    return proc.namespace_id("self", "user").inode != _PROC_USER_INIT_INO
 
 
 def _cgroup_mounts() -> list[proc.MountInfo]:
@@ -524,7 +528,12 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
     for line in proc.proc_cgroup("self"):
         key = "" if line.hierarchy_id == 0 else ",".join(sorted(line.controllers))
         membership[key] = line.path
+    # The kernel mounts cgroup v1 hierarchies only for the initial user
+    # namespace; inside another one only cgroup2 can be shown afresh.
+    v1_allowed = mode != "namespace" or not _in_user_namespace()
     for m in mounts:
+        if m.fstype == "cgroup" and not v1_allowed:
+            continue
         rel = m.mount_point.lstrip("/")
         if m.mount_point != "/sys/fs/cgroup":
             os.makedirs(r.p(rel), 0o755, exist_ok=True)  # inside our own tmpfs

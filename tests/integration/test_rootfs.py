@@ -326,3 +326,11 @@ def test_rootfs_in_a_user_namespace(root):
     assert "4294967295" in run.output and "Read-only file system" in run.output
     assert "\n14\n" in run.output  # DEVICES + pts shm mqueue ptmx fd stdin stdout stderr
     assert "a80425fb" in run.output
+
+
+def test_cgroup_namespace_inside_a_user_namespace(root):
+    # v1 hierarchies cannot be mounted from a user namespace: auto mode shows cgroup2 only.
+    run = run_script(root, "ls /sys/fs/cgroup | tr '\\n' ' '; echo; grep -c ' /sys/fs/cgroup/' /proc/self/mountinfo",
+                     new={"user", "mnt", "pid", "uts", "ipc", "net", "cgroup"}, id_map="0 0 4294967295")
+    assert run.returncode == 0, run.output
+    assert run.output.split("\n")[0].split() == ["unified"], run.output
