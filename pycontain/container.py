@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pycontain.container_config import ContainerConfig, make_config, parse_command, parse_env, parse_signal
+from pycontain.container_gc import CGROUP_PARENT, container_key
 from pycontain.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -167,6 +168,9 @@ class Container:
         #: unique per container even across state directories: the cgroup
         #: tree is shared by every pycontain user of the host.
         self.id = secrets.token_hex(8)
+        #: names the cgroup and the writable layer, so garbage collection can
+        #: judge them by their creator even without the state (container_gc).
+        self._key = container_key(self.name, self.id, os.getpid(), self.config.detach)
         self._state_path = _containers_dir() / self.name
         self._child: Child | None = None
         self._cgroup: Cgroup | None = None
@@ -196,6 +200,7 @@ class Container:
         self._external = True
         self.name = state["name"]
         self.id = state.get("id") or ""
+        self._key = state.get("key") or f"{self.name}-{self.id[:8]}"
         self._state_path = _containers_dir() / self.name
         self._lock = threading.RLock()
         self._removed = False
@@ -213,7 +218,7 @@ class Container:
             opener = getattr(Cgroup, "open", None)
             if opener is not None:
                 with contextlib.suppress(PycontainError):
-                    self._cgroup = opener(state["cgroup"])
+                    self._cgroup = opener(state["cgroup"], parent=state.get("cgroup_parent") or "pycontain")
         if state.get("pid") and self._status in ("running", "paused"):
             self._child = _ExternalProcess(int(state["pid"]), self._state_path / "exit")  # type: ignore[assignment]
         if self._child is not None:
@@ -267,6 +272,8 @@ class Container:
             "created": getattr(self, "_created", None) or time.time(),
             "exit_code": self._exit_code,
             "cgroup": self._cgroup.name if self._cgroup is not None else None,
+            "cgroup_parent": CGROUP_PARENT,
+            "key": self._key,
             "memory": self.config.memory,
             "cpus": self.config.cpus,
             "pids_limit": self.config.pids,
@@ -366,6 +373,7 @@ class Container:
                stdin: int | None, stdout: int | None, stderr: int | None, pass_fds: Sequence[int] = ()) -> Container:
         from pycontain.backends import hardening
         from pycontain.cgroup import Cgroup
+        from pycontain.container_gc import collect
         from pycontain.engine import ChildSpec, start
 
         with self._lock:
@@ -374,20 +382,25 @@ class Container:
             if self._status != "created":
                 raise InvalidArgument(f"the container is {self._status}, not created", field="status",
                                       value=self._status, hint="make a new Container to run again")
+            # What crashed creators left behind goes first (cheap when there is nothing).
+            collect()
             cleanup = contextlib.ExitStack()
             try:
                 # 1. the writable root
-                self._rootfs = _prepare_rootfs(self.config, self._layers_path(), f"{self.name}-{self.id[:8]}")
+                self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
                 cleanup.callback(self._rootfs.release)
+                _fault("after_rootfs")
                 # 2. the cgroup, with every limit
-                cg = Cgroup(f"{self.name}-{self.id[:8]}", memory=self.config.memory, cpus=self.config.cpus,
+                cg = Cgroup(self._key, parent=CGROUP_PARENT, memory=self.config.memory, cpus=self.config.cpus,
                             pids=self.config.pids, cpuset=self.config.cpuset)
                 cleanup.callback(cg.remove)
                 self._cgroup = cg
+                _fault("after_cgroup")
                 # 3. the network namespace, made first when a network needs it
                 net = _prepare_network(self)
                 cleanup.callback(net.release)
                 self._network = net
+                _fault("after_network")
                 new = set(DEFAULT_NAMESPACES)
                 join: list[tuple[str, str]] = []
                 if net.netns_path is not None:
@@ -432,6 +445,7 @@ class Container:
                     env=env,
                 )
                 self._child = start(spec)
+                _fault("after_engine_start")
                 cleanup.pop_all()
                 os.close(exit_fd)
             except BaseException:
@@ -441,11 +455,13 @@ class Container:
                 self._network = None
                 raise
             self._status = "running"
+            _fault("before_state_saved")
             self._save()
+            _fault("after_state_saved")
             return self
 
     def _layers_path(self) -> Path:
-        return _layers_dir() / f"{self.name}-{self.id[:8]}"
+        return _layers_dir() / self._key
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -772,6 +788,18 @@ class Container:
             "limits": {"memory": self.config.memory, "cpus": self.config.cpus, "pids": self.config.pids,
                        "cpuset": sorted(self.config.cpuset) if self.config.cpuset else None},
         }
+
+
+#: Where ``PYCONTAIN_FAULT=<point>`` kills the creating process (SIGKILL), to
+#: test that garbage collection finds what a crash half-way leaves behind.
+FAULT_POINTS = ("after_rootfs", "after_cgroup", "after_network", "after_engine_start", "before_state_saved",
+                "after_state_saved")
+
+
+def _fault(point: str) -> None:
+    """Fault injection for tests: die here if ``PYCONTAIN_FAULT`` names this point."""
+    if os.environ.get("PYCONTAIN_FAULT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _ExternalProcess:
@@ -1154,26 +1182,12 @@ def containers(all: bool = True) -> pd.DataFrame:
 
 def cleanup_orphans() -> list[str]:
     """Remove what crashed creators left behind: containers whose creator died
-    (and that were not detached) and whose PID 1 is gone. Returns their names."""
-    from pycontain.cgroup import Cgroup
+    (and that were not detached), with their cgroups (killing what is left
+    inside), writable layers and network namespaces. Returns their names.
+    See :func:`pycontain.container_gc.collect` for the full report."""
+    from pycontain.container_gc import collect
 
-    removed = []
-    for st in list(_iter_states()):
-        name = st.get("name")
-        if not name or st.get("detach") or _alive(st.get("creator_pid")):
-            continue
-        pid = st.get("pid")
-        if pid and _alive(pid):
-            with contextlib.suppress(OSError):
-                os.kill(int(pid), signal.SIGKILL)
-        cgroup_name = st.get("cgroup")
-        if cgroup_name and hasattr(Cgroup, "open"):
-            with contextlib.suppress(PycontainError, OSError):
-                Cgroup.open(cgroup_name).remove()
-        shutil.rmtree(_layers_dir() / name, ignore_errors=True)
-        shutil.rmtree(_containers_dir() / name, ignore_errors=True)
-        removed.append(name)
-    return removed
+    return collect().containers
 
 
 # -- one shot -------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ commits the container's changes::
     plan = driver.prepare(layers, container_dir, image=image.digest, owner="c1")
     # ... in the container's child, after unshare(CLONE_NEWNS) and making / rprivate:
     mount_rootfs(plan, "/path/to/newroot")        # performs plan.mounts with pycontain.kernel.syscalls
+    # (unmount_rootfs(plan, target) undoes it where the namespace lives on)
     # ... later, from any process:
     driver.diff(plan)                             # [Change(path, change A/C/D, size, type)]
     driver.commit(plan, fileobj)                  # writes an OCI layer tar of the changes
@@ -58,7 +59,8 @@ _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 @dataclass(frozen=True)
 class MountStep:
-    """One mount(2) call: ``target`` is relative to the rootfs mount point ('' = itself).
+    """One mount(2) call: ``target`` is relative to the rootfs mount point ('' = itself),
+    or absolute (a helper mount the driver needs elsewhere, e.g. under the container dir).
 
     ``cwd``, when set, is the directory to chdir to first: overlay's
     ``lowerdir=`` then uses short relative paths, which keeps the option
@@ -132,27 +134,59 @@ class StorageDriver(Protocol):
 # -- mounting (inside a private mount namespace only) ------------------------------------
 
 
+def _dest(step: MountStep, target: str) -> str:
+    # relative targets are below the rootfs mount point; absolute ones stay as they are
+    return os.path.join(target, step.target) if step.target else target
+
+
 def mount_rootfs(plan: RootfsPlan, target: str) -> None:
     """Mount the container's rootfs at ``target``, in the caller's mount namespace.
 
     Call this only in a process that has its own private mount namespace
     (``unshare(CLONE_NEWNS)`` and ``/`` made rprivate): that is what keeps the
-    mounts off the host and removes them when the namespace dies.
+    mounts off the host and removes them when the namespace dies. If a step
+    fails, the steps before it are unmounted again and the error raised.
     """
     from pycontain.kernel import syscalls
 
-    for step in plan.mounts:
-        dest = os.path.join(target, step.target) if step.target else target
-        if step.cwd:
-            here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.chdir(step.cwd)
+    done: list[MountStep] = []
+    try:
+        for step in plan.mounts:
+            dest = _dest(step, target)
+            if step.cwd:
+                here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.chdir(step.cwd)
+                    syscalls.mount(step.source, dest, step.fstype, step.flags, step.data)
+                finally:
+                    os.fchdir(here)
+                    os.close(here)
+            else:
                 syscalls.mount(step.source, dest, step.fstype, step.flags, step.data)
-            finally:
-                os.fchdir(here)
-                os.close(here)
-        else:
-            syscalls.mount(step.source, dest, step.fstype, step.flags, step.data)
+            done.append(step)
+    except BaseException:
+        _unmount(done, target)
+        raise
+
+
+def unmount_rootfs(plan: RootfsPlan, target: str) -> None:
+    """Undo :func:`mount_rootfs` in the same mount namespace (lazily, last mount first).
+
+    Not needed when the namespace goes away (its mounts go with it); useful
+    when a process keeps its namespace, as tests do.
+    """
+    _unmount(list(plan.mounts), target)
+
+
+def _unmount(steps: list[MountStep], target: str) -> None:
+    from pycontain.kernel import syscalls
+    from pycontain.kernel.constants import MNT_DETACH
+
+    for step in reversed(steps):
+        try:
+            syscalls.umount2(_dest(step, target), MNT_DETACH)
+        except OSError:
+            pass
 
 
 # -- registration of prepared rootfs (so in-use layers are not pruned) ----------------------

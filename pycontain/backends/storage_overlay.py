@@ -24,6 +24,7 @@ from pycontain.backends import storage_driver as sd
 from pycontain.backends import storage_tar
 from pycontain.backends.storage_store import LayerRecord, Store
 from pycontain.backends.tarsafe import OVERLAY_OPAQUE_XATTR
+from pycontain.kernel.constants import MS_NODEV, MS_NOSUID, MS_RDONLY
 
 # mount(2) data is limited to one page.
 _MAX_OPTIONS = 4000
@@ -50,18 +51,35 @@ class OverlayDriver:
             os.mkdir(upper, 0o755)
             os.mkdir(work, 0o700)
             lowers = list(plan.lowers)
+            mounts: list[sd.MountStep] = []
             if not lowers:
                 # overlayfs needs a lowerdir; an image without layers gets an empty one.
                 empty = os.path.join(container_dir, "empty")
                 os.mkdir(empty, 0o755)
                 lowers = [empty]
+            elif len(lowers) > 1 and lowers[-1] == "/":
+                # The host's / below store layers: overlayfs refuses lowerdirs
+                # where one contains another ("overlapping lowerdir path",
+                # ELOOP), and the store lies inside /. So / is first made a
+                # read-only overlay of its own (with an empty tmpfs as the
+                # required second lowerdir, as overlayfs without upperdir needs
+                # two), a different superblock that no longer overlaps.
+                empty = os.path.join(container_dir, "host-empty")
+                host = os.path.join(container_dir, "host")
+                os.mkdir(empty, 0o755)
+                os.mkdir(host, 0o755)
+                mounts.append(sd.MountStep("pycontain-empty", empty, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
+                                           "size=4k,mode=0755"))
+                mounts.append(sd.MountStep("overlay", host, "overlay", MS_RDONLY,
+                                           f"lowerdir={_escape(empty)}:/"))
+                lowers = lowers[:-1] + [host]
             opts = self._options(lowers, upper, work, relative_to=None)
             cwd = None
             if len(opts) > _MAX_OPTIONS:
                 cwd = self.store.layers_dir
                 opts = self._options(lowers, upper, work, relative_to=cwd)
-            plan.mounts = [sd.MountStep("overlay", "", "overlay", 0, opts, cwd)]
-            plan.lowers = lowers
+            mounts.append(sd.MountStep("overlay", "", "overlay", 0, opts, cwd))
+            plan.mounts = mounts
             plan.save()
             sd.register(self.store, plan)
         except BaseException:

@@ -296,7 +296,7 @@ def test_explicit_driver_never_falls_back(tmp_path) -> None:
 
 def test_host_layer_overlay(tmp_path) -> None:
     res = run_in_mount_ns("scenario_host", os.environ["PYCONTAIN_STORE"], str(tmp_path / "work"))
-    assert res["os_release_same"] and res["write_stayed_in_upper"]
+    assert res == {"os_release_same": True, "write_stayed_in_upper": True, "layered": True}
 
 
 def scenario_host(store_root: str, work: str) -> dict:
@@ -323,4 +323,26 @@ def scenario_host(store_root: str, work: str) -> dict:
     changes = driver.diff(plan)
     assert [c.path for c in changes if c.change == "A"] == ["/etc/pycontain-host-test"], changes
     driver.cleanup(plan)
-    return {"os_release_same": same, "write_stayed_in_upper": ok}
+
+    # the host with store layers on top: overlayfs refuses overlapping lowerdirs
+    # (the store lies inside /), which the driver works around
+    from pycontain.image import Layer
+
+    app = os.path.join(work, "app")
+    _write(f"{app}/opt/pycontain-app/run", "app\n")
+    _write(f"{app}/etc/os-release", "ID=pycontain-app\n")
+    img2 = img.with_layer(Layer.from_dir(app, store=st))
+    plan2 = driver.prepare([x.record for x in img2.layers], os.path.join(work, "c2"), image=img2.digest, owner="h2")
+    target2 = os.path.join(work, "root2")
+    os.mkdir(target2)
+    sd.mount_rootfs(plan2, target2)
+    layered = (_read(f"{target2}/opt/pycontain-app/run") == "app\n"
+               and _read(f"{target2}/etc/os-release") == "ID=pycontain-app\n"
+               and os.path.exists(f"{target2}/usr/bin/env"))
+    _write(f"{target2}/usr/pycontain-host-test", "y")
+    sd.unmount_rootfs(plan2, target2)
+    ok2 = not os.path.exists("/usr/pycontain-host-test") and not os.path.exists("/opt/pycontain-app")
+    changes2 = {c.path: c.change for c in driver.diff(plan2)}
+    assert changes2 == {"/usr": "C", "/usr/pycontain-host-test": "A"}, changes2  # the copied-up parent is C
+    driver.cleanup(plan2)
+    return {"os_release_same": same, "write_stayed_in_upper": ok and ok2, "layered": layered}
