@@ -101,11 +101,13 @@ def _layout_and_backend(version: str | None) -> tuple[cgroupfs.CgroupLayout, typ
 
 def _to_limits(kw: dict[str, Any]) -> Limits:
     cpus = mems = None
-    if kw.get("cpuset") is not None:
+    count = None
+    if kw.get("cpuset") is not None or kw.get("cpus") is not None:
         cpus = cgroupfs.online_cpus()
+        count = len(cpus)
     if kw.get("cpuset_mems") is not None:
         mems = cgroupfs.online_mems()
-    return parse_limits(available_cpus=cpus, available_mems=mems, **kw)
+    return parse_limits(available_cpus=cpus, available_mems=mems, cpu_count=count, **kw)
 
 
 class Cgroup:

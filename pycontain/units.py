@@ -141,7 +141,7 @@ def parse_cpus(
     >>> parse_cpus("1.5")
     1.5
     """
-    hint = f"give CPUs as a positive number like 0.5, 2 or '1.5' (at least {minimum})"
+    hint = f"give CPUs as a number like 0.5, 2 or '1.5', from {minimum:g} to {maximum:g}"
     _reject_bool(value, field, hint)
     if isinstance(value, int):
         x = float(value)

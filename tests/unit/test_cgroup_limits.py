@@ -38,6 +38,7 @@ def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"cpus": "nan"}, "cpus"),
         ({"cpus": True}, "cpus"),
         ({"cpus": -5}, "cpus"),
+        ({"cpus": 3}, "cpus"),  # more than the (faked) 2 online CPUs
         ({"cpuset": "0-99"}, "cpuset"),
         ({"cpuset": "3-1"}, "cpuset"),
         ({"pids": True}, "pids"),
