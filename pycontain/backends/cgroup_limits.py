@@ -308,7 +308,7 @@ def parse_limits(
         elif key == "cpus":
             # Like docker --cpus: more CPUs than the host has is a mistake, not a limit.
             most = float(cpu_count) if cpu_count else 4096.0
-            out[key] = _max_or(value, lambda v: parse_cpus(v, "cpus", maximum=most))
+            out[key] = _max_or(value, lambda v, most=most: parse_cpus(v, "cpus", maximum=most))
         elif key == "cpu_period_us":
             # cpu.cfs_period_us range: 1 ms .. 1 s (kernel/sched/core.c).
             out[key] = parse_int(value, key, minimum=1000, maximum=1_000_000)
