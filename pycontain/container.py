@@ -219,6 +219,8 @@ class Container:
             if opener is not None:
                 with contextlib.suppress(PycontainError):
                     self._cgroup = opener(state["cgroup"], parent=state.get("cgroup_parent") or "pycontain")
+        with contextlib.suppress(PycontainError):
+            self._rootfs = _Rootfs.reopen(self._layers_path())
         if state.get("pid") and self._status in ("running", "paused"):
             self._child = _ExternalProcess(int(state["pid"]), self._state_path / "exit")  # type: ignore[assignment]
         if self._child is not None:
@@ -686,7 +688,7 @@ class Container:
         return pd.DataFrame([(c.path, c.change, c.size, c.type) for c in changes],
                             columns=["path", "change", "size", "type"])
 
-    def commit(self, tag: str | None = None, **config_changes: Any) -> Any:
+    def commit(self, tag: str | None = None, *, created_by: str | None = None, **config_changes: Any) -> Any:
         """A new :class:`~pycontain.Image`: the container's image plus its
         writable layer on top (the layers below are shared, not copied).
 
@@ -704,7 +706,7 @@ class Container:
             rootfs.driver.commit(rootfs.plan, f)
             f.flush()
             layer = Layer.from_tar(f.name, store=store)
-        return rootfs.image.with_layer(layer, tag=tag, created_by=f"pycontain commit {self.name}",
+        return rootfs.image.with_layer(layer, tag=tag, created_by=created_by or f"pycontain commit {self.name}",
                                        **config_changes)
 
     # -- observing ----------------------------------------------------------------------------------
@@ -1018,6 +1020,23 @@ class _Rootfs:
     driver (overlay, btrfs or copy), mounted by the child in its own mount
     namespace. The prepared directory outlives the container until remove(),
     so diff() and commit() work after exit."""
+
+    @classmethod
+    def reopen(cls, container_dir: Path) -> _Rootfs | None:
+        """The rootfs a container made in another process (from its saved plan)."""
+        from pycontain.backends import storage_driver
+        from pycontain.image import Image
+
+        try:
+            plan = storage_driver.load_plan(str(container_dir))
+        except PycontainError:
+            return None
+        self = cls.__new__(cls)
+        self.plan = plan
+        self.image = Image.get(plan.image)
+        self.driver = storage_driver.select_driver(self.image.store, plan.driver)
+        self.target = str(container_dir / "merged")
+        return self
 
     def __init__(self, image: Any, container_dir: Path, owner: str) -> None:
         from pycontain.backends import storage_driver
