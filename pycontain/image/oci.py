@@ -186,6 +186,11 @@ def _open_source(path: str) -> _Source:
     if os.path.isdir(path):
         return _DirSource(path)
     if os.path.isfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
+            raise InvalidArgument("compressed image archives are not read directly", field="path", value=path,
+                                  op="Image.load", hint="decompress it first (gunzip / zstd -d) and load the .tar")
         return _TarSource(path)
     raise InvalidArgument("no image layout or archive at this path", field="path", value=path, op="Image.load")
 
@@ -303,7 +308,7 @@ def _oci_candidates(src: _Source) -> Iterator[_Candidate]:
     if not isinstance(layout, dict) or not isinstance(layout.get("imageLayoutVersion"), str):
         raise _bad("oci-layout must name an imageLayoutVersion", field="oci-layout", value=layout)
     index = _json(src, "index.json")
-    yield from _index_candidates(src, index, depth=0)
+    yield from _index_candidates(src, _platform_filter(index), depth=0)
 
 
 def _index_candidates(src: _Source, index: Any, depth: int) -> Iterator[_Candidate]:
