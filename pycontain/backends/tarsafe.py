@@ -544,7 +544,10 @@ class _Extractor:
         self._drop_cache()
         # Deepest first, so setting a parent's mtime comes after its children changed it.
         for d in sorted(self.dirs, key=lambda d: len(d.parts), reverse=True):
-            pfd = open_dir_at(self.rootfd, d.parts[:-1], create=False)
+            try:
+                pfd = open_dir_at(self.rootfd, d.parts[:-1], create=False)
+            except InvalidArchive:
+                continue  # a later member replaced a parent (e.g. by a symlink): nothing to set
             try:
                 st = _lstat_at(pfd, d.parts[-1])
                 if st is None or not stat.S_ISDIR(st.st_mode):
