@@ -406,6 +406,19 @@ class Cgroup:
 
         return start(ChildSpec(target=fn, args=args, kwargs=kwargs, cgroup_procs=tuple(self._group.procs_files())))
 
+    def limits(self) -> dict[str, Any]:
+        """The main limits in force, read from the kernel, in the constructor's words.
+
+        Keys: ``memory``, ``memory_swap`` (bytes), ``cpus``, ``cpu_period_us``,
+        ``cpu_weight``, ``cpuset``, ``cpuset_mems`` (kernel list strings),
+        ``pids`` (and ``net_classid`` on v1); None means no limit.
+
+        Example::
+
+            Cgroup("job", memory="64M").limits()["memory"]   # 67108864
+        """
+        return self._group.limits()
+
     # -- statistics ------------------------------------------------------------------------------
 
     def stats_dict(self) -> dict[str, float]:

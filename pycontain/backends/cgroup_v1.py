@@ -24,6 +24,7 @@ from pycontain.backends.cgroup_limits import (
     UNLIMITED,
     Limits,
     bytes_or_inf,
+    shares_to_weight,
     weight_to_shares,
 )
 from pycontain.errors import AlreadyExists, KernelError, PycontainError, Timeout, Unsupported
@@ -547,6 +548,42 @@ class V1Group:
         for ctrl, mount in list(self.net_mounts.items()):
             del self.net_mounts[ctrl]
             _release_net_hierarchy(mount, self.parent)
+
+    # -- limits in force ---------------------------------------------------------------------
+
+    def limits(self) -> dict[str, Any]:
+        """The main limits as the kernel holds them, in the shared vocabulary (None = no limit)."""
+        def num(path: str) -> int | None:
+            raw = cgroupfs.read_fast(path)
+            try:
+                return int(raw) if raw is not None else None
+            except ValueError:
+                return None
+
+        d = self.dirs
+        out: dict[str, Any] = {}
+        if "memory" in d:
+            mem = num(d["memory"] + "/memory.limit_in_bytes")
+            memsw = num(d["memory"] + "/memory.memsw.limit_in_bytes")
+            out["memory"] = None if mem is None or mem >= 2**62 else mem
+            # v1 keeps memory+swap; the vocabulary's memory_swap is swap alone.
+            out["memory_swap"] = None if memsw is None or memsw >= 2**62 or out["memory"] is None \
+                else memsw - out["memory"]
+        if "cpu" in d:
+            quota = num(d["cpu"] + "/cpu.cfs_quota_us")
+            period = num(d["cpu"] + "/cpu.cfs_period_us")
+            out["cpus"] = None if quota is None or quota < 0 or not period else quota / period
+            out["cpu_period_us"] = period
+            shares = num(d["cpu"] + "/cpu.shares")
+            out["cpu_weight"] = shares_to_weight(shares) if shares else None
+        if "cpuset" in d:
+            out["cpuset"] = (cgroupfs.read_fast(d["cpuset"] + "/cpuset.cpus") or b"").decode().strip() or None
+            out["cpuset_mems"] = (cgroupfs.read_fast(d["cpuset"] + "/cpuset.mems") or b"").decode().strip() or None
+        if "pids" in d:
+            out["pids"] = num(d["pids"] + "/pids.max")
+        if "net_cls" in d:
+            out["net_classid"] = num(d["net_cls"] + "/net_cls.classid")
+        return out
 
     # -- stats ------------------------------------------------------------------------------
 

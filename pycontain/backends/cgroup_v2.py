@@ -316,6 +316,30 @@ class V2Group:
         # rmdir released the kernel's reference to the program; close ours.
         self._detach_devices()
 
+    # -- limits in force ---------------------------------------------------------------------
+
+    def limits(self) -> dict[str, Any]:
+        """The main limits as the kernel holds them, in the shared vocabulary (None = no limit)."""
+        def text(name: str) -> str | None:
+            raw = cgroupfs.read_fast(f"{self.path}/{name}")
+            return raw.decode().strip() if raw is not None else None
+
+        def num(name: str) -> int | None:
+            t = text(name)
+            return int(t) if t and t.isdigit() else None
+
+        out: dict[str, Any] = {"memory": num("memory.max"), "memory_swap": num("memory.swap.max")}
+        cpu_max = text("cpu.max")
+        if cpu_max:
+            quota, _, period = cpu_max.partition(" ")
+            out["cpus"] = None if quota == "max" else int(quota) / int(period)
+            out["cpu_period_us"] = int(period)
+        out["cpu_weight"] = num("cpu.weight")
+        out["cpuset"] = text("cpuset.cpus") or None
+        out["cpuset_mems"] = text("cpuset.mems") or None
+        out["pids"] = num("pids.max")
+        return out
+
     # -- stats ------------------------------------------------------------------------------
 
     def _stat_paths(self) -> None:

@@ -438,6 +438,20 @@ def test_current_is_read_only() -> None:
             op()
 
 
+def test_limits_read_back_in_the_same_words() -> None:
+    cpu = str(min(os.sched_getaffinity(0)))
+    with Cgroup(new_name(), memory="64M", cpus=0.5, cpu_weight=300, cpuset=cpu, pids=12) as cg:
+        lim = cg.limits()
+        assert lim["memory"] == 64 * MiB
+        assert lim["cpus"] == 0.5 and lim["cpu_period_us"] == 100_000
+        assert lim["cpu_weight"] == 300  # v1: through cpu.shares and back
+        assert lim["cpuset"] == cpu
+        assert lim["pids"] == 12
+        cg.update(memory="max", cpus="max", pids="max")
+        lim = cg.limits()
+        assert lim["memory"] is None and lim["cpus"] is None and lim["pids"] is None
+
+
 def test_view_of_an_existing_cgroup() -> None:
     with Cgroup(new_name(), pids=7) as cg:
         v = Cgroup.view(cg.name)
