@@ -19,6 +19,7 @@ Environment:
     PYCONTAIN_VM_CPUS         guest CPUs (default 2)
     PYCONTAIN_VM_KERNEL_LOG   "full" to see every kernel message (default: warnings and worse)
     PYCONTAIN_VM_ALLOW_EMPTY  "1" to accept pytest's exit 5 (no test collected) as success
+    PYCONTAIN_VM_APPEND       more kernel command-line words
     PYCONTAIN_VM_COMMAND      a shell command to run in the guest instead of pytest (debugging;
                               its exit status is the harness's)
 
@@ -139,7 +140,12 @@ def qemu_argv(kernel: Kernel, initrd: Path, out: Path) -> list[str]:
         "panic=-1",
         # Emulated (TCG) page-table switches are costly; this VM guards nothing.
         "mitigations=off",
+        # TCG's TSC follows the host's monotonic clock on every vCPU, but the
+        # kernel's sync check fails under emulation and falls back to HPET:
+        # every clock read then traps to qemu (no vDSO), ~2x slower here.
+        "tsc=reliable",
         "ignore_loglevel" if os.environ.get("PYCONTAIN_VM_KERNEL_LOG") == "full" else "loglevel=4",
+        *os.environ.get("PYCONTAIN_VM_APPEND", "").split(),
     ]
     return [
         qemu,
