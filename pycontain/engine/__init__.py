@@ -13,5 +13,6 @@ Example::
 
 from pycontain.engine.process import Child, RemoteError, start
 from pycontain.engine.spec import ChildSpec
+from pycontain.engine.zygote import Zygote
 
-__all__ = ["Child", "ChildSpec", "RemoteError", "start"]
+__all__ = ["Child", "ChildSpec", "RemoteError", "Zygote", "start"]

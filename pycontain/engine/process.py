@@ -64,19 +64,51 @@ def _pipe() -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _kill_and_reap(pid: int) -> None:
+def _kill_and_reap(pid: int, reaper: Any = None) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    while True:
+    try:
+        (reaper or _DIRECT).wait_status(pid, None)
+    except OSError:
+        pass  # already reaped
+
+
+class DirectReaper:
+    """Exit statuses of the caller's own children (waitpid)."""
+
+    def poll_status(self, pid: int) -> int | None:
         try:
-            os.waitpid(pid, 0)
-            return
+            got, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        except InterruptedError:  # pragma: no cover
-            continue
+            raise kernel_error("waitpid", errno.ECHILD, detail=f"pid={pid}",
+                               hint="someone else reaped this child (os.wait in another thread?)") from None
+        return status if got else None
+
+    def wait_status(self, pid: int, deadline: float | None) -> int | None:
+        """The status, or None when ``deadline`` (time.monotonic) passed first."""
+        if deadline is None:
+            while True:
+                try:
+                    return os.waitpid(pid, 0)[1]
+                except ChildProcessError:
+                    raise kernel_error("waitpid", errno.ECHILD, detail=f"pid={pid}") from None
+        pidfd = syscalls.pidfd_open(pid)
+        try:
+            while True:
+                status = self.poll_status(pid)
+                if status is not None:
+                    return status
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                select.select([pidfd], [], [], left)
+        finally:
+            os.close(pidfd)
+
+
+_DIRECT = DirectReaper()
 
 
 class Child:
@@ -90,8 +122,9 @@ class Child:
     """
 
     def __init__(self, spec: ChildSpec, pid: int, relay_pid: int, result_fd: int | None,
-                 pidfd: int | None = None) -> None:
+                 pidfd: int | None = None, reaper: Any = None) -> None:
         self._pidfd = pidfd
+        self._reaper = reaper or _DIRECT
         self.spec = spec
         self.pid = pid
         self.relay_pid = relay_pid
@@ -124,11 +157,8 @@ class Child:
         """The return code if the child has ended, else None (never blocks)."""
         with self._lock:
             if self.returncode is None:
-                try:
-                    pid, status = os.waitpid(self.relay_pid, os.WNOHANG)
-                except ChildProcessError:
-                    return self.returncode
-                if pid:
+                status = self._reaper.poll_status(self.relay_pid)
+                if status is not None:
                     self._set_status(status)
                     if self._result_fd is not None:
                         self._drain_result(block=False)
@@ -145,30 +175,15 @@ class Child:
             # A target writes its outcome before it exits: read it, or a big
             # result would block the child on a full pipe forever.
             self._drain_result(block=True, deadline=deadline)
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is None:
-            with self._lock:
-                while self.returncode is None:
-                    try:
-                        _, status = os.waitpid(self.relay_pid, 0)
-                    except ChildProcessError:
-                        break
-                    self._set_status(status)
-            assert self.returncode is not None
-            return self.returncode
-        pidfd = syscalls.pidfd_open(self.relay_pid)
-        try:
-            while self.poll() is None:
-                left = deadline - time.monotonic() if deadline is not None else None
-                if left is not None and left <= 0:
+        with self._lock:
+            if self.returncode is None:
+                status = self._reaper.wait_status(self.relay_pid, deadline)
+                if status is None:
                     raise Timeout(f"child {self.pid} still running after {timeout} s", op="wait",
                                   value=timeout, hint="kill() it, or wait longer")
-                select.select([pidfd], [], [], left)
-        finally:
-            os.close(pidfd)
-        assert self.returncode is not None
-        return self.returncode
+                self._set_status(status)
+            assert self.returncode is not None
+            return self.returncode
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the workload (nothing if it has ended).
@@ -250,8 +265,13 @@ class Child:
             self.wait()
 
 
-def start(spec: ChildSpec) -> Child:
+def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     """Fork a single-threaded child that becomes ``spec``; return once it runs.
+
+    By default the caller forks (a snapshot of the caller: ``target`` sees
+    its variables). With ``zygote=`` (a :class:`pycontain.engine.Zygote`),
+    the child is forked from that small helper instead, which is faster for
+    a big caller; ``target`` and ``preexec`` then travel by cloudpickle.
 
     Returns after the child exec'd (or started its target). A failed setup
     step (cgroup join, setns, unshare, maps, persist, hostname, chdir, exec)
@@ -280,24 +300,18 @@ def start(spec: ChildSpec) -> Child:
     if spec.target is not None:
         result_r, result_w = _pipe()
     channels = _child.Channels(status_w, sync_r, result_w)
-    parent = os.getpid()
-    try:
-        pid = os.fork()
-    except OSError as e:
-        for fd in (status_r, status_w, sync_r, sync_w, result_r, result_w):
-            if fd is not None:
-                os.close(fd)
-        raise kernel_error("fork", e.errno or errno.EAGAIN) from None
-    if pid == 0:  # pragma: no cover - runs in the child
+    reaper: Any = _DIRECT
+    if zygote is not None:
         try:
-            os.close(status_r)
-            if sync_w is not None:
-                os.close(sync_w)
-            if result_r is not None:
-                os.close(result_r)
-            _child.become(spec, channels, parent=parent, env=env, pickler=pickler)
-        finally:
-            os._exit(_child.SETUP_FAILED)
+            pid = zygote.fork(spec, env, channels)
+        except BaseException:
+            for fd in (status_r, status_w, sync_r, sync_w, result_r, result_w):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        reaper = zygote
+    else:
+        pid = _fork(spec, env, pickler, channels, (status_r, status_w, sync_r, sync_w, result_r, result_w))
     os.close(status_w)
     for fd in (sync_r, result_w):
         if fd is not None:
@@ -343,7 +357,7 @@ def start(spec: ChildSpec) -> Child:
                 except Exception as e:  # pragma: no cover - defensive
                     error = PycontainError(f"the child failed and its error could not be read: {e!r}", op="start")
         if error is not None:
-            _kill_and_reap(pid)
+            _kill_and_reap(pid, reaper)
             reaped = True
             raise error
     except BaseException:
@@ -357,13 +371,43 @@ def start(spec: ChildSpec) -> Child:
         if workload_fd is not None:
             os.close(workload_fd)
         if not reaped:
-            _kill_and_reap(pid)
+            _kill_and_reap(pid, reaper)
         raise
     finally:
         os.close(status_r)
         if sync_w is not None:
             os.close(sync_w)
-    return Child(spec, workload, pid, result_r, workload_fd)
+    if workload_fd is None and zygote is not None:
+        # The zygote reaps its children: pin ours so kill() never hits a reused pid.
+        try:
+            workload_fd = syscalls.pidfd_open(workload)
+        except OSError:
+            workload_fd = None
+    return Child(spec, workload, pid, result_r, workload_fd, reaper)
+
+
+def _fork(spec: ChildSpec, env: dict[str, str], pickler: Any, channels: _child.Channels,
+          fds: tuple[int | None, ...]) -> int:
+    status_r, status_w, sync_r, sync_w, result_r, result_w = fds
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+        raise kernel_error("fork", e.errno or errno.EAGAIN) from None
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.close(status_r)  # type: ignore[arg-type]
+            if sync_w is not None:
+                os.close(sync_w)
+            if result_r is not None:
+                os.close(result_r)
+            _child.become(spec, channels, parent=parent, env=env, pickler=pickler)
+        finally:
+            os._exit(_child.SETUP_FAILED)
+    return pid
 
 
 def _go(sync_w: int | None) -> int | None:

@@ -1,0 +1,340 @@
+"""The zygote: a small single-threaded helper that forks children on request.
+
+Forking a big caller (a notebook kernel with pandas and gigabytes of data)
+costs page-table copies and copy-on-write faults in both processes. The
+zygote is a fresh ``python -I`` that imported only pycontain (plus modules
+you preload); it forks each child instead (DESIGN.md §3), and the child runs
+the very same :func:`pycontain.engine.child.become`.
+
+Protocol over a Unix stream socket (one per caller):
+
+* caller -> zygote: a request ``(id, spec, env, targets)``, cloudpickled,
+  with the fds the child needs attached (SCM_RIGHTS); ``targets`` says which
+  fd number each one must have in the child (the caller's own numbers, so
+  ``pass_fds``, ``stdout=`` and the status pipes mean the same there);
+* zygote -> caller: ``("pid", id, pid)`` or ``("error", id, exc)``, then
+  ``("exit", pid, status)`` when the zygote reaped a child.
+
+The zygote dies when the caller closes the socket (or dies); its children
+die with it (PR_SET_PDEATHSIG).
+
+Example::
+
+    from pycontain.engine import ChildSpec, Zygote, start
+    with Zygote() as z:
+        start(ChildSpec(argv=["true"], new={"uts"}), zygote=z).wait()
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pycontain.engine import child as _child
+from pycontain.engine.spec import ChildSpec
+from pycontain.errors import KernelError, PycontainError, kernel_error
+
+__all__ = ["Zygote"]
+
+_HEADER = 8
+_MAX_FDS = 250  # SCM_MAX_FD is 253
+
+_BOOT = (
+    "import json, os, sys\n"
+    "sys.path[:] = json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PATH'))\n"
+    "from pycontain.engine.zygote import serve\n"
+    "serve(int(sys.argv[1]), json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PRELOAD')))\n"
+)
+
+
+def _frame(data: bytes) -> bytes:
+    return len(data).to_bytes(_HEADER, "big") + data
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+# -- the zygote process ------------------------------------------------------------------
+
+
+def serve(fd: int, preload: Iterable[str] = ()) -> None:  # pragma: no cover - runs in the helper
+    """Main loop of the zygote process (started by :class:`Zygote`)."""
+    try:
+        _serve(fd, preload)
+    finally:
+        os._exit(0)  # children die with us (pdeathsig); nothing printed on the caller's stderr
+
+
+def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs in the helper
+    import importlib
+
+    import cloudpickle
+
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass  # a missing preload only makes children slower
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is not ours
+    me = os.getpid()
+
+    def reply(msg: tuple[Any, ...]) -> None:
+        sock.sendall(_frame(pickle.dumps(msg)))
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            reply(("exit", pid, status))
+
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if sock.fileno() not in ready:
+            continue
+        try:
+            head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
+            if not head:
+                break
+            head += _recv_exact(sock, _HEADER - len(head))
+            payload = _recv_exact(sock, int.from_bytes(head, "big"))
+        except (EOFError, ConnectionError):
+            break
+        try:
+            req_id, spec, env, targets = cloudpickle.loads(payload)
+        except Exception as e:
+            for f in fds:
+                os.close(f)
+            reply(("error", None, PycontainError(f"bad request to the zygote: {e!r}", op="zygote")))
+            continue
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for f in fds:
+                os.close(f)
+            reply(("error", req_id, kernel_error("fork", e.errno or errno.EAGAIN)))
+            continue
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                sock.detach()
+                os.close(fd)
+                os.close(wake_r)
+                os.close(wake_w)
+                channels = _place_fds(fds, targets)
+                _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle)
+            finally:
+                os._exit(_child.SETUP_FAILED)
+        for f in fds:
+            os.close(f)
+        reply(("pid", req_id, pid))
+        reap()
+
+
+def _place_fds(fds: list[int], targets: dict[str, Any]) -> _child.Channels:  # pragma: no cover - in the child
+    """Put received fds at the numbers the caller gave them; return the pipe channels."""
+    wanted: list[int] = targets["numbers"]
+    floor = max([*wanted, *fds, 2]) + 1
+    high = [fcntl.fcntl(f, fcntl.F_DUPFD_CLOEXEC, floor) for f in fds]
+    for f in fds:
+        os.close(f)
+    internal = {targets["status"], targets["sync"], targets["result"]}
+    for src, dst in zip(high, wanted):
+        # The pipes to the caller stay close-on-exec; stdio is inherited;
+        # _fix_stdio makes pass_fds inheritable.
+        os.dup2(src, dst, inheritable=dst < 3 and dst not in internal)
+    for src in high:
+        os.close(src)
+    return _child.Channels(targets["status"], targets["sync"], targets["result"])
+
+
+# -- the caller's side -----------------------------------------------------------------
+
+
+class Zygote:
+    """A fork server for :func:`pycontain.engine.start` (``zygote=``).
+
+    Args:
+        preload: modules the zygote imports once, so ``target`` children
+            start with them loaded (e.g. ``("numpy", "pandas")``).
+
+    It is a context manager; :meth:`close` stops it (and its children).
+    """
+
+    def __init__(self, preload: Iterable[str] = ()) -> None:
+        from pycontain.engine.process import start
+
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["PYCONTAIN_ZYGOTE_PATH"] = json.dumps([p for p in sys.path if isinstance(p, str)])
+        env["PYCONTAIN_ZYGOTE_PRELOAD"] = json.dumps(list(preload))
+        try:
+            # No pdeathsig: it would fire when the creating *thread* ends; the
+            # zygote ends when this socket closes instead (also on our death).
+            self._helper = start(ChildSpec(argv=[sys.executable, "-I", "-c", _BOOT, str(theirs.fileno())],
+                                           env=env, pass_fds=[theirs.fileno()], pdeathsig=None))
+        finally:
+            theirs.close()
+        self.pid = self._helper.pid
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._next_id = 0
+        self._replies: dict[int, tuple[Any, ...]] = {}
+        self._statuses: dict[int, int] = {}
+        self._closed = False
+        self._dead = False
+
+    # -- requests ------------------------------------------------------------------------
+
+    def fork(self, spec: ChildSpec, env: dict[str, str], channels: _child.Channels) -> int:
+        """Ask the zygote for a child that becomes ``spec``; returns its pid."""
+        import cloudpickle
+
+        if self._closed or self._dead:
+            raise KernelError("the zygote is gone", op="zygote", errno=errno.ESRCH,
+                              hint="make a new Zygote()")
+        fds: list[int] = []
+        numbers: list[int] = []
+
+        def add(fd: int | None) -> None:
+            if fd is not None and fd not in numbers:
+                fds.append(fd)
+                numbers.append(fd)
+
+        add(channels.status)
+        add(channels.sync)
+        add(channels.result)
+        for i, src in enumerate((spec.stdin, spec.stdout, spec.stderr)):
+            if src is not None:
+                add(src)
+            elif _is_open(i):
+                add(i)  # "inherit" means the caller's stdio, not the zygote's
+        for fd in spec.pass_fds:
+            add(fd)
+        if len(fds) > _MAX_FDS:
+            raise PycontainError(f"too many fds to pass ({len(fds)})", op="zygote", hint=f"at most {_MAX_FDS}")
+        targets = {"numbers": numbers, "status": channels.status, "sync": channels.sync,
+                   "result": channels.result}
+        with self._send_lock:
+            self._next_id += 1
+            req_id = self._next_id
+            data = _frame(cloudpickle.dumps((req_id, spec, env, targets)))
+            try:
+                sent = socket.send_fds(self._sock, [data], fds)
+                if sent < len(data):
+                    self._sock.sendall(data[sent:])
+            except OSError as e:
+                self._dead = True
+                raise kernel_error("send to zygote", e.errno or errno.EPIPE) from None
+        while req_id not in self._replies:
+            self._pump(None, lambda: req_id in self._replies)
+        msg = self._replies.pop(req_id)
+        if msg[0] == "error":
+            raise msg[2]
+        return int(msg[2])
+
+    # -- statuses (the reaper interface of Child) -------------------------------------------
+
+    def poll_status(self, pid: int) -> int | None:
+        while pid not in self._statuses and self._pump(0.0, lambda: pid in self._statuses):
+            pass
+        return self._statuses.pop(pid, None)
+
+    def wait_status(self, pid: int, deadline: float | None) -> int | None:
+        while pid not in self._statuses:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._pump(left, lambda: pid in self._statuses)
+        return self._statuses.pop(pid)
+
+    def _pump(self, timeout: float | None, done: Any) -> bool:
+        """Read one message from the zygote if one comes within ``timeout``.
+
+        Returns whether a message was read. ``done()`` is checked once the
+        read lock is held: another thread may have read our message meanwhile.
+        """
+        if not self._recv_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return False
+        try:
+            if done():
+                return False
+            if self._dead:
+                raise KernelError("the zygote died; its children were killed", op="zygote",
+                                  errno=errno.ESRCH, hint="make a new Zygote()")
+            ready, _, _ = select.select([self._sock], [], [], timeout)
+            if not ready:
+                return False
+            try:
+                head = _recv_exact(self._sock, _HEADER)
+                msg = pickle.loads(_recv_exact(self._sock, int.from_bytes(head, "big")))
+            except (EOFError, ConnectionError):
+                self._dead = True
+                raise KernelError("the zygote died; its children were killed", op="zygote",
+                                  errno=errno.ESRCH, hint="make a new Zygote()") from None
+            if msg[0] == "exit":
+                self._statuses[msg[1]] = msg[2]
+            else:
+                self._replies[msg[1]] = msg
+            return True
+        finally:
+            self._recv_lock.release()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the zygote; children still running are killed with it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()
+        self._helper.wait()
+
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Zygote pid={self.pid}{' closed' if self._closed else ''}>"
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,108 @@
+"""The engine tests again, with children forked by a zygote instead of the caller."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from pycontain.engine import ChildSpec, Zygote
+from pycontain.engine import start as real_start
+from pycontain.errors import KernelError
+from tests.integration import test_engine as engine_tests
+from tests.integration.test_engine import *  # noqa: F403 - the same tests, collected here again
+
+# Not about the fork source: it starts its own intermediate process.
+del test_pdeathsig_child_dies_with_creator  # noqa: F821
+# 200 starts against 4 spinning threads cost ~40 s here (every blocking call
+# waits for the GIL); the short version below covers the zygote path.
+del test_many_starts_with_busy_threads  # noqa: F821
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zygote() -> Iterator[Zygote]:
+    # Module scope: made before each test's leak snapshot, so it is not a leak.
+    with Zygote() as z:
+        yield z
+
+
+@pytest.fixture(autouse=True)
+def _through_zygote(zygote: Zygote, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_tests, "start", functools.partial(real_start, zygote=zygote))
+
+
+def test_children_are_the_zygotes(zygote: Zygote) -> None:
+    child = real_start(ChildSpec(argv=["sleep", "10"]), zygote=zygote)
+    try:
+        with open(f"/proc/{child.pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert ppid == zygote.pid
+    finally:
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
+
+
+def test_pass_fds_keep_their_numbers(zygote: Zygote) -> None:
+    r, w = os.pipe()
+    high = os.dup2(w, 57)
+    os.close(w)
+    try:
+        child = real_start(ChildSpec(argv=["sh", "-c", "echo via-57 >/proc/self/fd/57"], pass_fds=[high]),
+                           zygote=zygote)
+    finally:
+        os.close(high)
+    with os.fdopen(r) as f:
+        assert f.read() == "via-57\n"
+    assert child.wait() == 0
+
+
+def test_big_arguments_cross(zygote: Zygote) -> None:
+    blob = os.urandom(8 << 20)
+    assert real_start(ChildSpec(target=len, args=(blob,)), zygote=zygote).result() == len(blob)
+
+
+def test_dead_zygote_is_reported() -> None:
+    z = Zygote()
+    try:
+        child = real_start(ChildSpec(argv=["sleep", "30"]), zygote=z)
+        os.kill(z.pid, signal.SIGKILL)
+        with pytest.raises(KernelError):
+            child.wait(timeout=10)
+        with pytest.raises(KernelError):
+            real_start(ChildSpec(argv=["true"]), zygote=z)
+        assert engine_tests.wait_gone(child.pid)  # killed with the zygote (pdeathsig)
+    finally:
+        z.close()
+    z.close()  # idempotent
+
+
+def test_preload() -> None:
+    import sys
+
+    with Zygote(preload=["json", "no_such_module_xyz"]) as z:
+        assert real_start(ChildSpec(target=lambda: "json" in sys.modules), zygote=z).result()
+
+
+def test_starts_with_busy_threads(zygote: Zygote) -> None:
+    import threading
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    threads = [threading.Thread(target=spin, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(40):
+            assert real_start(ChildSpec(argv=["true"], new={"uts"} if i % 2 else set()), zygote=zygote).wait() == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
