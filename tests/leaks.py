@@ -23,7 +23,9 @@ def _pycontain_cgroups() -> frozenset[str]:
     out = set()
     for parent in glob.glob("/sys/fs/cgroup/*/pycontain") + glob.glob("/sys/fs/cgroup/pycontain"):
         for dirpath, _dirs, _files in os.walk(parent):
-            if dirpath != parent:
+            # pycontain/containers: the permanent parent of container cgroups
+            # (as /pycontain itself), where garbage collection looks.
+            if dirpath != parent and dirpath != parent + "/containers":
                 out.add(dirpath)
     return frozenset(out)
 
