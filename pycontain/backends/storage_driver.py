@@ -254,9 +254,11 @@ def layers_in_use(st: Store) -> set[str]:
 
 
 def probe_drivers(st: Store) -> dict[str, str | None]:
-    """driver name -> None if usable here, else why not."""
-    st.ensure()
-    fstype = kfs.fs_type(st.root)
+    """driver name -> None if usable here, else why not. Creates nothing (doctor() calls it)."""
+    where = st.root
+    while not os.path.exists(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)  # the filesystem the store will be created on
+    fstype = kfs.fs_type(where)
     out: dict[str, str | None] = {}
     out["btrfs"] = None if fstype == "btrfs" and shutil.which("btrfs") else (
         f"the store {st.root} is on {fstype}, not btrfs" if fstype != "btrfs" else "btrfs-progs not installed")
