@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pycontain import statedir
-from pycontain.engine import Child, ChildSpec, start
+from pycontain.engine import Child, ChildSpec, Zygote, start
 from pycontain.errors import InvalidArgument, KernelError, Unsupported
 from pycontain.kernel import nsfs, proc
 from pycontain.kernel.constants import NAMESPACE_KINDS
@@ -408,12 +408,14 @@ def spawn(
     cgroup_procs: Sequence[str] = (),
     persist: Mapping[str, str] | None = None,
     pdeathsig: int | None = signal.SIGKILL,
+    zygote: Zygote | None = None,
 ) -> Child:
     """Start ``argv`` (or the Python callable ``target``) in new and/or joined namespaces.
 
     A thin wrapper over :func:`pycontain.engine.start`; see
     :class:`pycontain.engine.ChildSpec` for every option. The child dies with
-    the calling thread unless ``pdeathsig=None``.
+    the calling thread unless ``pdeathsig=None``. ``zygote`` forks it from a
+    :class:`pycontain.engine.Zygote` instead of from the caller.
 
     Returns:
         a :class:`pycontain.engine.Child`: ``pid``, ``wait(timeout)``,
@@ -432,4 +434,4 @@ def spawn(
                      join=_join_pairs(join), hostname=hostname, uid_map=uid_map, gid_map=gid_map, env=env,
                      cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
                      cgroup_procs=cgroup_procs, persist=persist or {}, pdeathsig=pdeathsig)
-    return start(spec)
+    return start(spec, zygote=zygote)

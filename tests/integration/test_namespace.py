@@ -328,3 +328,12 @@ def test_spawn_rejects_bad_join() -> None:
         pycontain.spawn(["true"], join=["net"])  # type: ignore[list-item]
     with pytest.raises(InvalidArgument):
         pycontain.spawn(["true"], new="net")
+
+
+def test_spawn_through_a_zygote() -> None:
+    with pycontain.engine.Zygote() as z, Namespace.create("uts") as ns:
+        child = pycontain.spawn(["sleep", "10"], join=[ns], zygote=z)
+        try:
+            assert Namespace.of(child.pid, "uts") == ns
+        finally:
+            _stop(child)
