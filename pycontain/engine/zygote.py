@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -225,6 +226,13 @@ class Zygote:
         if self._closed or self._dead:
             raise KernelError("the zygote is gone", op="zygote", errno=errno.ESRCH,
                               hint="make a new Zygote()")
+        if spec.cwd is None and "mnt" not in {kind for kind, _ in spec.join}:
+            # A forked child starts in the caller's current directory; so does ours.
+            # (Joining a mount namespace moves to its root, in both cases.)
+            try:
+                spec = dataclasses.replace(spec, cwd=os.getcwd())
+            except OSError:
+                pass
         fds: list[int] = []
         numbers: list[int] = []
 

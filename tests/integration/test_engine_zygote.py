@@ -106,3 +106,8 @@ def test_starts_with_busy_threads(zygote: Zygote) -> None:
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_cwd_follows_the_caller(zygote: Zygote, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(str(tmp_path))
+    assert real_start(ChildSpec(target=os.getcwd), zygote=zygote).result() == str(tmp_path)
