@@ -389,7 +389,8 @@ class Container:
             cleanup = contextlib.ExitStack()
             try:
                 # 1. the writable root
-                self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
+                with _no_space("prepare the writable layer", _layers_dir()):
+                    self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
                 cleanup.callback(self._rootfs.release)
                 _fault("after_rootfs")
                 # 2. the cgroup, with every limit
@@ -702,7 +703,8 @@ class Container:
 
         rootfs = self._need_rootfs("commit")
         store = rootfs.image.store
-        with tempfile.NamedTemporaryFile(dir=store.root, prefix=".commit-", suffix=".tar") as f:
+        with _no_space("commit", store.root), \
+                tempfile.NamedTemporaryFile(dir=store.root, prefix=".commit-", suffix=".tar") as f:
             rootfs.driver.commit(rootfs.plan, f)
             f.flush()
             layer = Layer.from_tar(f.name, store=store)
@@ -796,6 +798,21 @@ class Container:
 #: test that garbage collection finds what a crash half-way leaves behind.
 FAULT_POINTS = ("after_rootfs", "after_cgroup", "after_network", "after_engine_start", "before_state_saved",
                 "after_state_saved")
+
+
+@contextlib.contextmanager
+def _no_space(op: str, where: Any) -> Iterator[None]:
+    """A full disk under the store is a typed error with a hint, not a bare OSError."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, PycontainError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from pycontain.errors import kernel_error
+
+        raise kernel_error(op, e.errno, path=str(where),
+                           hint="the disk of the image store is full: free space (pycontain image prune, "
+                                "removing containers) or set PYCONTAIN_STORE to a larger disk") from None
 
 
 def _fault(point: str) -> None:
