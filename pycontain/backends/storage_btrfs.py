@@ -17,6 +17,7 @@ The container directory must be on the same btrfs filesystem as the store
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -95,6 +96,8 @@ class BtrfsDriver:
                         except BaseException:
                             delete_subvolume(tmp)
                             raise
+                        with open(path + ".layers", "w") as f:
+                            json.dump([x.diff_id for x in layers[: layers.index(layer) + 1]], f)
                         sc.write_manifest(path + ".json", sc.snapshot(path))
             prev = path
         return prev
@@ -141,13 +144,34 @@ class BtrfsDriver:
         if os.path.isdir(plan.container_dir):
             shutil.rmtree(plan.container_dir)
 
+    def prune_chains(self) -> list[str]:
+        """Delete chain snapshots that use a layer no longer in the store; returns their paths."""
+        removed: list[str] = []
+        if not os.path.isdir(self.chains):
+            return removed
+        for name in sorted(os.listdir(self.chains)):
+            if not name.endswith(".layers"):
+                continue
+            base = os.path.join(self.chains, name[: -len(".layers")])
+            with open(os.path.join(self.chains, name)) as f:
+                diff_ids = json.load(f)
+            if all(self.store.has_layer(d) for d in diff_ids):
+                continue
+            with self.store.lock():
+                delete_subvolume(base)
+                for suffix in (".json", ".layers"):
+                    if os.path.exists(base + suffix):
+                        os.unlink(base + suffix)
+            removed.append(base)
+        return removed
+
     def remove_all_chains(self) -> None:
         """Delete every chain subvolume (they are a cache; rebuilt on demand)."""
         if not os.path.isdir(self.chains):
             return
         for name in os.listdir(self.chains):
             p = os.path.join(self.chains, name)
-            if name.endswith(".json"):
+            if name.endswith((".json", ".layers")):
                 os.unlink(p)
             else:
                 delete_subvolume(p)

@@ -250,6 +250,14 @@ def layers_in_use(st: Store) -> set[str]:
     return used
 
 
+def prune_driver_caches(st: Store) -> None:
+    """Drop per-driver caches built from layers that are gone (btrfs chain snapshots)."""
+    if os.path.isdir(os.path.join(st.root, "btrfs")):
+        from pycontain.backends.storage_btrfs import BtrfsDriver
+
+        BtrfsDriver(st).prune_chains()
+
+
 # -- choosing a driver -----------------------------------------------------------------------
 
 

@@ -532,6 +532,7 @@ class Image:
         self._store.remove_image(self.digest)
         if prune:
             self._store.prune(keep=_layers_in_use(self._store), only=set(self._rec.layers))
+            _prune_driver_caches(self._store)
 
     def disk_usage(self) -> pd.DataFrame:
         """Per layer of this image: digest, size, disk bytes and how many images share it."""
@@ -651,6 +652,12 @@ def _containers_using(st: Store, digest: str) -> list[str]:
     return containers_using(st, digest)
 
 
+def _prune_driver_caches(st: Store) -> None:
+    from pycontain.backends.storage_driver import prune_driver_caches
+
+    prune_driver_caches(st)
+
+
 def _layers_in_use(st: Store) -> set[str]:
     from pycontain.backends.storage_driver import layers_in_use
 
@@ -706,4 +713,6 @@ def disk_usage(*, store: Store | str | None = None) -> pd.DataFrame:
 def prune(*, store: Store | str | None = None) -> list[str]:
     """Remove layers no image (and no container) uses; returns their digests."""
     st = _store(store)
-    return st.prune(keep=_layers_in_use(st))
+    removed = st.prune(keep=_layers_in_use(st))
+    _prune_driver_caches(st)
+    return removed

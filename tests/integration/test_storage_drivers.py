@@ -217,6 +217,13 @@ def scenario(driver_name: str, store_root: str, work: str, dev: str | None) -> d
         driver.cleanup(p)  # idempotent
         assert not os.path.exists(p.container_dir)
     assert sd.containers_using(st, image.digest) == []
+
+    # removing the images frees every layer (and the btrfs chain snapshots)
+    image2.remove()
+    image.remove()
+    assert st.layers() == []
+    if driver_name == "btrfs":
+        assert os.listdir(os.path.join(store_root, "btrfs")) == []
     return {"shared_lowers": shared, "same_inode": ino_lower == ino_c3}
 
 
