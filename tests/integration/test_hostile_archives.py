@@ -659,3 +659,15 @@ def test_directory_replaced_by_a_symlink_later(arena: Arena) -> None:
     # metadata is then not applied through the new symlink
     extract(arena, _tar([D("a"), D("a/b"), F("a/b/f"), S("a", arena.outside)]))
     assert os.readlink(os.path.join(arena.dest, "a")) == arena.outside
+
+
+def test_names_that_are_not_utf8_round_trip(arena: Arena) -> None:
+    raw = os.fsdecode(b"caf\xe9-\xff")  # latin-1 bytes, not UTF-8
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as t:
+        ti = tarfile.TarInfo(raw)
+        ti.size = 1
+        t.addfile(ti, io.BytesIO(b"x"))
+    extract(arena, buf.getvalue())
+    assert os.listdir(os.fsencode(arena.dest)) == [b"caf\xe9-\xff"]

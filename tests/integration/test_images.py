@@ -210,3 +210,12 @@ def test_save_load_round_trip_all_formats(tmp_path, base_dir) -> None:
         img.save(str(tmp_path / "docker.tar"), format="docker-archive")  # exists
     with pytest.raises(InvalidArgument):
         img.save(str(tmp_path / "x"), format="tarball")
+
+
+def test_user_xattrs_survive_and_others_do_not(tmp_path) -> None:
+    d = _tree(str(tmp_path / "x"), {"f": "1"})
+    os.setxattr(os.path.join(d, "f"), "user.note", b"kept")
+    os.setxattr(os.path.join(d, "f"), "trusted.overlay.opaque", b"y")
+    layer = Layer.from_dir(d)
+    assert os.getxattr(os.path.join(layer.path, "f"), "user.note") == b"kept"
+    assert "trusted.overlay.opaque" not in os.listxattr(os.path.join(layer.path, "f"))
