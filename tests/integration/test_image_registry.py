@@ -75,7 +75,7 @@ def _tree(root: str, files: dict[str, str]) -> str:
     return root
 
 
-def test_push_then_pull_into_a_fresh_store(tmp_path, registry: str) -> None:
+def test_push_then_pull_into_a_fresh_store(tmp_path, registry: str, capsys) -> None:
     base = Image.from_rootfs(_tree(str(tmp_path / "base"), {"etc/os": "base\n", "big": "x" * 300_000}),
                              cmd=["/bin/sh"])
     app = base.with_layer(Layer.from_dir(_tree(str(tmp_path / "app"), {"app/run": "run\n"})),
@@ -100,8 +100,11 @@ def test_push_then_pull_into_a_fresh_store(tmp_path, registry: str) -> None:
     # a second image on the same base pushes only its new layer, pulls only what is missing
     other = base.with_layer(Layer.from_dir(_tree(str(tmp_path / "other"), {"other": "o\n"})))
     other.push(f"{registry}/team/other:v1", progress=False)
-    pulled_other = Image.pull(f"{registry}/team/other:v1", store=fresh, progress=False)
+    capsys.readouterr()
+    pulled_other = Image.pull(f"{registry}/team/other:v1", store=fresh, progress=True)
     assert pulled_other.layers[0].path == pulled.layers[0].path  # base reused, not unpacked again
+    bars = capsys.readouterr().err
+    assert "layer 2/2" in bars and "layer 1/2" not in bars  # a tqdm bar for the one layer downloaded
     shutil.rmtree(fresh.root)
 
 
