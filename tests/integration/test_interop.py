@@ -187,3 +187,24 @@ def test_podman_made_image_is_loaded_and_run_by_pycontain(tmp_path, podman: Podm
         res = run_in_mount_ns("scenario_run_busybox", os.environ["PYCONTAIN_STORE"],
                               str(tmp_path / f"work-{fmt}"), img.digest, module=__name__)
         assert res == {"out": "made-by-podman\n", "status": 0}
+
+
+@pytest.mark.skipif(not shutil.which("umoci"), reason="umoci not installed")
+def test_umoci_unpacks_a_pycontain_export(tmp_path) -> None:
+    from pycontain.image import Image
+
+    rootfs = str(tmp_path / "rootfs")
+    _busybox_rootfs(rootfs, "for-umoci")
+    img = Image.from_rootfs(rootfs, tag="umoci-test:1", cmd=["/bin/cat", "/etc/marker"], workdir="/etc")
+    layout = img.save(str(tmp_path / "oci"), format="oci")
+    assert subprocess.run(["umoci", "ls", "--layout", layout], capture_output=True, text=True,
+                          check=True).stdout.split() == ["umoci-test:1"]
+    bundle = str(tmp_path / "bundle")
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:umoci-test:1", bundle], check=True,
+                   capture_output=True)
+    with open(f"{bundle}/rootfs/etc/marker") as f:
+        assert f.read() == "for-umoci\n"
+    with open(f"{bundle}/config.json") as f:
+        spec = json.load(f)
+    assert spec["process"]["args"] == ["/bin/cat", "/etc/marker"]
+    assert spec["process"]["cwd"] == "/etc"
