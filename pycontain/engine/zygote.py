@@ -44,7 +44,7 @@ from typing import Any
 
 from pycontain.engine import child as _child
 from pycontain.engine.spec import ChildSpec
-from pycontain.errors import KernelError, PycontainError, kernel_error
+from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 
 __all__ = ["Zygote"]
 
@@ -258,7 +258,13 @@ class Zygote:
         with self._send_lock:
             self._next_id += 1
             req_id = self._next_id
-            data = _frame(cloudpickle.dumps((req_id, spec, env, targets)))
+            try:
+                data = _frame(cloudpickle.dumps((req_id, spec, env, targets)))
+            except Exception as e:
+                raise InvalidArgument(f"the child's code or arguments cannot be sent to the zygote: {e}",
+                                      field="target", value=spec.target,
+                                      hint="targets, args and preexec must be picklable (cloudpickle); "
+                                      "or start without zygote= to fork the caller") from e
             try:
                 sent = socket.send_fds(self._sock, [data], fds)
                 if sent < len(data):

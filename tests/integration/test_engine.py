@@ -487,3 +487,26 @@ def _gc_state() -> tuple[bool, int]:
 def test_target_runs_with_gc_enabled() -> None:
     enabled, _ = start(ChildSpec(target=_gc_state)).result()
     assert enabled
+
+
+def test_concurrent_starts_from_threads() -> None:
+    errors: list[BaseException] = []
+    outputs: dict[int, str] = {}
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                code, out = run_capture(argv=["echo", f"{n}-{i}"], new={"uts"} if i % 3 == 0 else set())
+                assert code == 0
+                outputs[n * 100 + i] = out
+        except BaseException as e:  # noqa: B036 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a start() hung"
+    assert not errors, errors
+    assert outputs == {n * 100 + i: f"{n}-{i}\n" for n in range(4) for i in range(15)}

@@ -111,3 +111,14 @@ def test_starts_with_busy_threads(zygote: Zygote) -> None:
 def test_cwd_follows_the_caller(zygote: Zygote, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(str(tmp_path))
     assert real_start(ChildSpec(target=os.getcwd), zygote=zygote).result() == str(tmp_path)
+
+
+def test_unpicklable_target_is_invalid(zygote: Zygote) -> None:
+    import threading
+
+    from pycontain.errors import InvalidArgument
+
+    lock = threading.Lock()
+    with pytest.raises(InvalidArgument) as info:
+        real_start(ChildSpec(target=lambda: lock), zygote=zygote)
+    assert info.value.field == "target"
