@@ -90,9 +90,13 @@ def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
 class TreeWriter:
     """Writes one tree into a tar; ``skipped`` lists what was left out and why."""
 
-    def __init__(self, out: IO[bytes], overlay: bool) -> None:
+    def __init__(self, out: IO[bytes], overlay: bool, root_dev: int | None = None) -> None:
         self.tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self.overlay = overlay
+        #: with a device, directories of other filesystems (mount points) are
+        #: written empty, not descended into (tar --one-file-system): a layer
+        #: of "/" must not swallow /proc or /sys.
+        self.root_dev = root_dev
         self.links: dict[tuple[int, int], str] = {}
         self.skipped: list[str] = []
         self.count = 0
@@ -128,6 +132,9 @@ class TreeWriter:
                 self.count += 1
                 if self.overlay and is_opaque(fd):
                     self._marker(path + "/" + OPAQUE_MARKER, st)
+                if self.root_dev is not None and st.st_dev != self.root_dev:
+                    self.skipped.append(f"{path}: another filesystem, not descended into")
+                    return
                 self.add_dir(fd, path + "/")
             finally:
                 os.close(fd)
@@ -188,17 +195,19 @@ class TreeWriter:
         self.count += 1
 
 
-def write_tree(root: str | os.PathLike[str], out: IO[bytes], *, overlay: bool = True) -> TreeWriter:
+def write_tree(root: str | os.PathLike[str], out: IO[bytes], *, overlay: bool = True,
+               one_file_system: bool = True) -> TreeWriter:
     """Write the tree under ``root`` (not ``root`` itself) as a layer tar to ``out``.
 
-    Returns the writer, whose ``skipped`` lists device nodes and sockets left
-    out. Example::
+    Returns the writer, whose ``skipped`` lists device nodes, sockets and
+    mount points (with ``one_file_system``, other filesystems below ``root``
+    appear as empty directories) left out. Example::
 
         with open("layer.tar", "wb") as f:
             write_tree("/path/to/rootfs", f)
     """
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    w = TreeWriter(out, overlay)
+    w = TreeWriter(out, overlay, os.fstat(fd).st_dev if one_file_system else None)
     try:
         w.add_dir(fd, "")
     finally:

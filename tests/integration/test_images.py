@@ -219,3 +219,28 @@ def test_user_xattrs_survive_and_others_do_not(tmp_path) -> None:
     layer = Layer.from_dir(d)
     assert os.getxattr(os.path.join(layer.path, "f"), "user.note") == b"kept"
     assert "trusted.overlay.opaque" not in os.listxattr(os.path.join(layer.path, "f"))
+
+
+def test_from_dir_stays_on_one_filesystem(tmp_path) -> None:
+    """A tmpfs mounted inside the tree (in a private mount namespace) appears as an empty directory."""
+    from tests.integration.test_storage_drivers import run_in_mount_ns
+
+    res = run_in_mount_ns("scenario_one_fs", os.environ["PYCONTAIN_STORE"], str(tmp_path / "tree"),
+                          module=__name__)
+    assert res == {"names": ["mnt", "top"], "mnt_entries": []}
+
+
+def scenario_one_fs(store: str, tree: str) -> dict:
+    import tarfile as tf
+
+    from pycontain.kernel import syscalls
+
+    _tree(tree, {"top": "1"})
+    os.mkdir(os.path.join(tree, "mnt"))
+    syscalls.mount("pycontain-test", os.path.join(tree, "mnt"), "tmpfs", 0, "size=1m")
+    with open(os.path.join(tree, "mnt", "inside"), "w") as f:
+        f.write("not in the layer")
+    layer = Layer.from_dir(tree, store=Store(store))
+    with tf.open(layer.tar_path) as t:
+        names = t.getnames()
+    return {"names": names, "mnt_entries": os.listdir(os.path.join(layer.path, "mnt"))}
