@@ -34,7 +34,8 @@ from pycontain.kernel import nsfs, syscalls
 
 # Message kinds on the status pipe (child -> parent). Each message is one
 # kind byte, a 4-byte big-endian length and a payload.
-# namespaces created; payload: b"first" or b"workload" and the kinds to persist.
+#
+# Namespaces created; payload: b"first" or b"workload" and the kinds to persist.
 # The parent writes id maps (for "first") and binds, then answers b"G" on the sync pipe.
 MSG_UNSHARED = b"U"
 MSG_WORKLOAD = b"P"  # pid of the workload when an intermediate forked it (pid/time namespaces)
@@ -108,8 +109,12 @@ def _report(fd: int, exc: BaseException) -> None:
     if len(payload) > _ATOMIC_PAYLOAD:
         # Writes up to PIPE_BUF are atomic: keep errors whole when a relay
         # and its workload share the pipe.
-        short = PycontainError(str(exc)[:1500], op=getattr(exc, "op", None) or "setup",
-                               path=getattr(exc, "path", None), errno=getattr(exc, "errno", None))
+        fields: dict[str, Any] = {"op": getattr(exc, "op", None) or "setup", "path": getattr(exc, "path", None),
+                  "errno": getattr(exc, "errno", None), "hint": (getattr(exc, "hint", None) or "")[:1000] or None}
+        try:
+            short = type(exc)(getattr(exc, "message", str(exc))[:1500], **fields)
+        except Exception:
+            short = PycontainError(str(exc)[:1500], **fields)
         payload = pickle.dumps(short)
     try:
         send(fd, MSG_ERROR, payload)
