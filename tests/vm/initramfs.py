@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import stat
+import struct
 from pathlib import Path
 
 from tests.vm.kernel import CACHE, HERE, Kernel, VMSetupError, module_closure
@@ -76,8 +77,6 @@ def find_busybox() -> Path:
 
 def _is_static(path: Path) -> bool:
     """True when the ELF has no program interpreter (PT_INTERP), i.e. it is static."""
-    import struct
-
     with open(path, "rb") as f:
         head = f.read(64)
         if head[:4] != b"\x7fELF" or head[4] != 2:
