@@ -14,6 +14,7 @@ import io
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 
 from tests.vm.kernel import CACHE, HERE, Kernel, VMSetupError, module_closure
@@ -124,8 +125,10 @@ def ensure_initramfs(kernel: Kernel) -> Path:
     cpio.file("modules/order", ("\n".join(order) + "\n").encode())
 
     CACHE.mkdir(parents=True, exist_ok=True)
+    # Old builds go, but not one another run may be about to boot.
     for old in CACHE.glob("initramfs-*.cpio.gz"):
-        old.unlink()
+        if old.stat().st_mtime < time.time() - 3600:
+            old.unlink(missing_ok=True)
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     os.rename(tmp, out)
