@@ -431,6 +431,8 @@ class Container:
                     hosts=net.hosts_file(self.config.hostname or self.name[:63]),
                     loopback=self.config.network != "host",
                     hosts_path=getattr(net, "hosts_path", None),
+                    # Not an option: set only by the sandbox tests' calibration runs.
+                    allow_new_privs=getattr(self, "_test_allow_new_privs", False) is True,
                 )
                 spec = ChildSpec(
                     target=_container_init,
@@ -912,11 +914,18 @@ class _ChildSetup:
     hosts: str | None
     loopback: bool
     hosts_path: str | None = None
+    allow_new_privs: bool = False
 
     def enter(self) -> None:
         """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening."""
-        from pycontain.backends import hardening, rootfs
+        from pycontain.backends import capabilities, hardening, rootfs
         from pycontain.kernel import syscalls
+
+        if self.allow_new_privs:
+            # Test-only weakening (Container._test_allow_new_privs = True), so the
+            # setuid/file-capability tests can show they fail without
+            # no_new_privs. This process is a fork: the change dies with it.
+            capabilities.set_no_new_privs = lambda: None  # type: ignore[assignment]
 
         if self.loopback:
             syscalls.interface_up("lo")
