@@ -671,3 +671,31 @@ def test_names_that_are_not_utf8_round_trip(arena: Arena) -> None:
         t.addfile(ti, io.BytesIO(b"x"))
     extract(arena, buf.getvalue())
     assert os.listdir(os.fsencode(arena.dest)) == [b"caf\xe9-\xff"]
+
+
+def test_gzip_bomb_inside_an_image_layout(tmp_path) -> None:
+    lay = Layout(str(tmp_path / "oci"))
+    ti = tarfile.TarInfo("zeros")
+    ti.size = 128 << 20
+    body = gzip.compress(ti.tobuf(tarfile.PAX_FORMAT)) + gzip.compress(bytes(1 << 20), 9) * 128 \
+        + gzip.compress(bytes(1024))
+    plain_digest = _sha256(ti.tobuf(tarfile.PAX_FORMAT) + bytes(128 << 20) + bytes(1024))
+    lay.layer_gz = body
+    lay.config["rootfs"]["diff_ids"] = [plain_digest]
+    lay.manifest = {}
+    lay.index = {}
+    lay.write()
+    with pytest.raises(LimitExceeded, match="ratio"):
+        Image.load(lay.root)  # the default caps
+    _store_is_clean()
+
+
+def test_image_archive_member_cap(tmp_path, monkeypatch) -> None:
+    from pycontain.image import oci
+
+    monkeypatch.setattr(oci, "MAX_ARCHIVE_MEMBERS", 50)
+    path = str(tmp_path / "many.tar")
+    _docker_archive(path, [], {f"junk{i}": b"" for i in range(100)})
+    with pytest.raises(LimitExceeded):
+        Image.load(path)
+    _store_is_clean()
