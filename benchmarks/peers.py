@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import glob
 import json
 import os
 import resource
@@ -65,6 +66,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 # containers/image keeps a blob cache in /var/lib/containers/cache).
 HOST_PATHS = ("/run/crun", "/run/runc", "/run/libpod", "/var/lib/containers", "/run/containers")
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+WORK_PARENT = "/var/tmp"
 
 _CLONE_NEWNS = 0x00020000
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -302,7 +304,8 @@ class Workspace:
         self.cgroup_parent = f"/pycontain/bench-{os.getpid()}"
         # /var/tmp is on the root fs here (overlay-capable); the workspace holds
         # the podman store, which overlay cannot stack on tmpfs or overlay.
-        self.root = tempfile.mkdtemp(prefix="pycontain-bench-", dir="/var/tmp")
+        # The pid in the name lets a later run clean up after one that was killed.
+        self.root = tempfile.mkdtemp(prefix=f"pycontain-bench-{os.getpid()}-", dir=WORK_PARENT)
         for d in ("state/crun", "state/runc", "bundles", "tmp", "podman/tmp"):
             os.makedirs(os.path.join(self.root, d), exist_ok=True)
         busybox = _which("busybox")
@@ -749,6 +752,71 @@ def _rmtree(path: str, log: Callable[[str], None]) -> None:
         log(f"  ! could not remove {p}: {exc[1]!r}")
 
     shutil.rmtree(path, onerror=onerror)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def reap_stale(log: Callable[[str], None] = _log_default) -> list[str]:
+    """Remove what earlier runs left when they were killed (SIGKILL, a crash).
+
+    A run is stale when the pid in its workspace name or cgroup parent
+    (``pycontain-bench-<pid>-*``, ``/pycontain/bench-<pid>``) is gone: its
+    container processes (found in its cgroups, and by its store path for
+    conmon) are killed, its cgroups removed, its workspace deleted. Returns
+    what was removed.
+    """
+    removed: list[str] = []
+    stale: set[int] = set()
+    for name in os.listdir(WORK_PARENT):
+        parts = name.split("-")
+        if name.startswith("pycontain-bench-") and len(parts) >= 4 and parts[2].isdigit():
+            if not _alive(int(parts[2])):
+                stale.add(int(parts[2]))
+    for top in glob.glob(os.path.join(CGROUP_ROOT, "*", "pycontain", "bench-*")):
+        tail = os.path.basename(top)[len("bench-"):]
+        if tail.isdigit() and not _alive(int(tail)):
+            stale.add(int(tail))
+    for pid in sorted(stale):
+        victims: set[int] = set()
+        for procs in glob.glob(os.path.join(CGROUP_ROOT, "*", "pycontain", f"bench-{pid}", "**", "cgroup.procs"),
+                               recursive=True):
+            with contextlib.suppress(OSError, ValueError):
+                with open(procs) as f:
+                    victims.update(int(x) for x in f.read().split())
+        for work in glob.glob(os.path.join(WORK_PARENT, f"pycontain-bench-{pid}-*")):
+            victims.update(_pids_mentioning(work))
+        for v in sorted(victims):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(v, signal.SIGKILL)
+        if victims:
+            time.sleep(0.2)
+        for work in glob.glob(os.path.join(WORK_PARENT, f"pycontain-bench-{pid}-*")):
+            # podman's crun keeps state in /run/crun/<id>; its "status" names
+            # the bundle, which lives in the workspace.
+            for status in glob.glob("/run/crun/*/status"):
+                with contextlib.suppress(OSError, ValueError):
+                    with open(status) as f:
+                        if json.load(f).get("bundle", "").startswith(work + "/"):
+                            shutil.rmtree(os.path.dirname(status), ignore_errors=True)
+            _rmtree(work, log)
+            removed.append(work)
+        for top in glob.glob(os.path.join(CGROUP_ROOT, "*", "pycontain", f"bench-{pid}")):
+            if os.path.ismount(os.path.dirname(os.path.dirname(top))):  # a real hierarchy
+                for d in sorted((d for d, _s, _f in os.walk(top)), key=len, reverse=True):
+                    _rmdir_retry(d)
+            else:
+                shutil.rmtree(top, ignore_errors=True)
+            removed.append(top)
+        log(f"  removed what the killed run {pid} left: {len(victims)} processes, {removed}")
+    return removed
 
 
 @contextlib.contextmanager

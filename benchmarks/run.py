@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:  # run as a script: make `benchmarks` and `pyconta
 
 from benchmarks import machine  # noqa: E402
 from benchmarks.measure import Case, Outcome, run_groups, summarize  # noqa: E402
-from benchmarks.peers import Workspace, cgroup_dirs, ensure_installed  # noqa: E402
+from benchmarks.peers import Workspace, cgroup_dirs, ensure_installed, reap_stale  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "latest"
 DOCS_PAGE = REPO / "docs" / "benchmarks.md"
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     t0 = time.monotonic()
+    reap_stale(log)
     cg_before = cgroup_dirs()
     load_start = _loadavg()
     missing = ensure_installed(install=not args.no_install, log=log)
