@@ -566,6 +566,25 @@ class Image:
         return oci.load(path, tag=tag, limits=limits, store=_store(store))
 
     @classmethod
+    def build(cls, source: str | os.PathLike[str], *, tag: str | None = None, store: Store | str | None = None,
+              progress: bool = True, no_cache: bool = False) -> Image:
+        """Build an image from a Containerfile subset (FROM a tag, ``scratch`` or
+        ``host``; RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT, USER, LABEL).
+
+        ``source`` is a directory with a ``Containerfile``/``Dockerfile``, a
+        path to one, or the text itself. Each step is cached: a rebuild with
+        nothing changed runs no step. See :func:`pycontain.build.build`,
+        which also reports which steps came from the cache.
+
+        Example::
+
+            img = Image.build("FROM host\nRUN echo hi > /greeting", tag="hello")
+        """
+        from pycontain.build import build
+
+        return build(source, tag=tag, store=store, progress=progress, no_cache=no_cache).image
+
+    @classmethod
     def pull(
         cls,
         ref: str,
