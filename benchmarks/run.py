@@ -150,7 +150,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         names = [r["name"] for r in members]
         med = [r["median"] for r in members]
         err = [max(0.0, r["p95"] - r["median"]) for r in members]
-        colors = ["#d62728" if r["name"].startswith("pycontain") else
+        colors = ["#d62728" if r["name"].startswith(("pycontain", "%%container")) else
                   "#1f77b4" if r["name"] == r["baseline"] else "#7f7f7f" for r in members]
         ax.barh(names, med, xerr=[[0] * len(err), err], color=colors, capsize=3)
         unit = members[0]["unit"]
