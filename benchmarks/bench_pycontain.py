@@ -7,7 +7,9 @@ takes ratios pair by pair):
 
 * start-warm / start-idle: ``pycontain engine (no rootfs)``: fork, 5 new
   namespaces (pid net ipc uts mnt), exec /bin/true, wait: an early lower
-  bound while no rootfs, overlay or cgroup is set up; ``pycontain`` (a full
+  bound while no rootfs, overlay or cgroup is set up; ``pycontain engine +
+  cgroup (no rootfs)``: the same in a cgroup made and removed per run (as
+  crun and runc do per container); ``pycontain`` (a full
   container: busybox rootfs, 5 namespaces, cgroup) once ``pycontain.Container``
   exists.
 * exec, memory, build-cold, build-cached: once Container / Image exist.
@@ -63,6 +65,28 @@ def _engine_case(group: str) -> Case:
 
     return Case("pycontain engine (no rootfs)", group, run=run, before=_gap_for(group), warmup=3,
                 note="pycontain.engine.start(ChildSpec(argv=['/bin/true'], new=5 namespaces)).wait(); in-process")
+
+
+def _engine_cgroup_case(ws: Workspace, group: str) -> Case:
+    from pycontain import Cgroup
+
+    counter = [0]
+    parent = ws.cgroup_parent.lstrip("/")
+
+    def run() -> None:
+        # A fresh cgroup per run, as crun/runc make one per container: create,
+        # the child joins it before exec, wait, remove.
+        counter[0] += 1
+        cg = Cgroup(f"engine-{group}-{counter[0]}", parent=parent)
+        try:
+            child = cg.run(["/bin/true"], wait=True, new=FIVE)
+            if child.returncode != 0:
+                raise RuntimeError(f"/bin/true exited {child.returncode}")
+        finally:
+            cg.remove()
+
+    return Case("pycontain engine + cgroup (no rootfs)", group, run=run, before=_gap_for(group), warmup=2,
+                note="Cgroup(new) + cg.run(['/bin/true'], new=5 namespaces, wait) + remove(); in-process")
 
 
 def _container_start(ws: Workspace, group: str) -> Case:
@@ -161,6 +185,8 @@ def cases(ws: Workspace) -> list[Case]:
     for group in ("start-warm", "start-idle"):
         out.append(_engine_case(group) if has_engine else skipped(
             "pycontain engine (no rootfs)", group, f"{NOT_YET}: pycontain.engine is missing"))
+        out.append(_engine_cgroup_case(ws, group) if has_engine and _has("pycontain.cgroup", "Cgroup") else skipped(
+            "pycontain engine + cgroup (no rootfs)", group, f"{NOT_YET}: pycontain.engine or Cgroup is missing"))
         out.append(_container_start(ws, group) if has_container else skipped(
             "pycontain", group, f"{NOT_YET}: pycontain.Container is missing"))
     for group in ("exec", "memory", "build-cold", "build-cached"):
