@@ -401,7 +401,7 @@ class Workspace:
             self._reap_strays(os.path.join(self.podman_dir, "store"))
         for runtime in ("crun", "runc"):
             state = os.path.join(self.root, "state", runtime)
-            if runtime in self.missing or not os.path.isdir(state):
+            if not self.root or runtime in self.missing or not os.path.isdir(state):
                 continue
             for cid in os.listdir(state):
                 with _suppress_and_log(self.log, f"{runtime} delete {cid}"):
@@ -462,6 +462,14 @@ class Workspace:
                 continue
             if top in mounted:
                 dirs = [d for d, _s, _f in os.walk(ours)]
+                # Anything still inside is a container process a failed delete
+                # left running: ours, so it goes before its cgroup does.
+                for d in dirs:
+                    with contextlib.suppress(OSError, ValueError):
+                        with open(os.path.join(d, "cgroup.procs")) as f:
+                            for pid in f.read().split():
+                                with contextlib.suppress(ProcessLookupError):
+                                    os.kill(int(pid), signal.SIGKILL)
                 for d in sorted(dirs, key=len, reverse=True):
                     _rmdir_retry(d)
             else:
