@@ -944,6 +944,7 @@ class _ChildSetup:
             files=files,
         )
         hardening.confine(self.confinement)
+        _verify_cwd()
 
 
 @dataclass
@@ -956,6 +957,30 @@ class _ExecSetup:
         from pycontain.backends import hardening
 
         hardening.confine(self.confinement)
+        _verify_cwd()
+
+
+def _verify_cwd() -> None:
+    """Refuse a working directory outside the container's root.
+
+    The chdir to the workdir happens before the engine closes the caller's
+    descriptors, so a workdir of ``/proc/self/fd/N`` (from the options, or
+    from a hostile image's WorkingDir, or a symlink in the image pointing
+    there) would land on a directory of the host: runc's CVE-2024-21626.
+    getcwd(2) names such a directory "(unreachable)", which glibc reports
+    as ENOENT; runc's fix checks the same way.
+    """
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "(unreachable)"
+    if not cwd.startswith("/"):
+        from pycontain.errors import PermissionDenied
+
+        raise PermissionDenied("the working directory is outside the container's root", op="chdir",
+                               field="workdir", value=cwd, errno=errno.EPERM,
+                               hint="a workdir through /proc/self/fd leads to the host (CVE-2024-21626); "
+                                    "use a path inside the image")
 
 
 _FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
