@@ -118,6 +118,10 @@ class Namespace:
     def open(cls, path: str | os.PathLike[str], kind: str | None = None) -> Namespace:
         """The namespace behind a namespace file (persisted bind or /proc/PID/ns/KIND).
 
+        When ``path`` is a bind mount of a namespace (from :meth:`create`,
+        ``ip netns add`` or ``unshare --net=FILE``), the result has
+        ``persisted_path`` set and :meth:`release` removes that bind.
+
         Raises:
             KernelError: ``path`` is missing or not a namespace file.
             InvalidArgument: ``kind`` given and different from the file's.
@@ -129,7 +133,11 @@ class Namespace:
         if kind is not None and found != kind:
             raise InvalidArgument(f"{path} is a {found} namespace, not {kind}", field="kind", value=kind)
         dev, ino = nsfs.namespace_file_id(path)
-        return cls(found, dev, ino, path=path)
+        # A bind-mounted namespace file (made by create(), ip netns add,
+        # unshare --net=FILE) can be released through the object opened on it.
+        real = os.path.realpath(path)
+        kept = any(point == real for point, _, _ in nsfs.nsfs_mounts())
+        return cls(found, dev, ino, path=path, persisted_path=path if kept else None)
 
     # -- creating ----------------------------------------------------------------------
 

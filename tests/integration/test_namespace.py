@@ -340,3 +340,14 @@ def test_spawn_through_a_zygote() -> None:
             assert Namespace.of(child.pid, "uts") == ns
         finally:
             _stop(child)
+
+
+def test_open_a_persisted_file_can_release_it(_private_state: str) -> None:
+    path = os.path.join(_private_state, "kept-net")
+    made = Namespace.create("net", path)
+    again = Namespace.open(path)
+    assert again == made and again.persisted_path == path
+    assert Namespace.open(f"/proc/{os.getpid()}/ns/net").persisted_path is None
+    again.release()  # e.g. from another process, after a restart
+    assert not os.path.exists(path)
+    made.release()  # nothing left to do: idempotent
