@@ -110,6 +110,22 @@ class DirectReaper:
 
 _DIRECT = DirectReaper()
 
+#: Children dropped without wait(); start() reaps those that ended.
+_ORPHANS: list[Child] = []
+
+
+def _reap_orphans() -> None:
+    for child in list(_ORPHANS):
+        try:
+            done = child.poll() is not None
+        except Exception:
+            done = True  # reaped elsewhere, or its zygote is gone
+        if done:
+            try:
+                _ORPHANS.remove(child)
+            except ValueError:
+                pass
+
 
 class Child:
     """A started child. ``pid`` is the host pid of the workload.
@@ -146,6 +162,11 @@ class Child:
             self._pidfd = None
 
     def __del__(self) -> None:
+        if getattr(self, "returncode", 0) is None and getattr(self, "_reaper", None) is not None:
+            # Dropped while running: keep it to be reaped by a later start(),
+            # like subprocess does, so no zombie piles up.
+            _ORPHANS.append(self)
+            return
         fd = getattr(self, "_pidfd", None)
         if fd is not None:
             try:
@@ -287,6 +308,8 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     """
     if not isinstance(spec, ChildSpec):
         raise InvalidArgument("start() takes a ChildSpec", field="spec", value=spec)
+    if _ORPHANS:
+        _reap_orphans()
     env = dict(os.environ) if spec.env is None else dict(spec.env)
     pickler = None
     if spec.target is not None:

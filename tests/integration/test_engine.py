@@ -510,3 +510,15 @@ def test_concurrent_starts_from_threads() -> None:
     assert not any(t.is_alive() for t in threads), "a start() hung"
     assert not errors, errors
     assert outputs == {n * 100 + i: f"{n}-{i}\n" for n in range(4) for i in range(15)}
+
+
+def test_dropped_children_are_reaped_later() -> None:
+    import gc
+
+    child = start(ChildSpec(argv=["true"]))
+    pid = child.pid
+    del child
+    gc.collect()
+    time.sleep(0.2)
+    start(ChildSpec(argv=["true"])).wait()  # reaps the dropped one
+    assert not os.path.exists(f"/proc/{pid}")  # gone, not a zombie
