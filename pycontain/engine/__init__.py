@@ -13,6 +13,6 @@ Example::
 
 from pycontain.engine.process import Child, RemoteError, start
 from pycontain.engine.spec import ChildSpec
-from pycontain.engine.zygote import Zygote
+from pycontain.engine.zygote import Zygote, shared_zygote
 
-__all__ = ["Child", "ChildSpec", "RemoteError", "Zygote", "start"]
+__all__ = ["Child", "ChildSpec", "RemoteError", "Zygote", "shared_zygote", "start"]

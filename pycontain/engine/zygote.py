@@ -46,7 +46,7 @@ from pycontain.engine import child as _child
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 
-__all__ = ["Zygote"]
+__all__ = ["Zygote", "shared_zygote"]
 
 _HEADER = 8
 _MAX_FDS = 250  # SCM_MAX_FD is 253
@@ -352,3 +352,27 @@ def _is_open(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+_shared: Zygote | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_zygote(preload: Iterable[str] = ()) -> Zygote:
+    """The process-wide :class:`Zygote`, started on first use (and again if it died).
+
+    ``preload`` counts only when this call starts it. It is closed at
+    interpreter exit.
+
+    Example::
+
+        start(ChildSpec(argv=["true"]), zygote=shared_zygote())
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared._closed or _shared._dead:
+            import atexit
+
+            _shared = Zygote(preload)
+            atexit.register(_shared.close)
+        return _shared

@@ -122,3 +122,18 @@ def test_unpicklable_target_is_invalid(zygote: Zygote) -> None:
     with pytest.raises(InvalidArgument) as info:
         real_start(ChildSpec(target=lambda: lock), zygote=zygote)
     assert info.value.field == "target"
+
+
+def test_shared_zygote_restarts_after_death() -> None:
+    from pycontain.engine import shared_zygote
+
+    first = shared_zygote()
+    try:
+        assert shared_zygote() is first
+        assert real_start(ChildSpec(argv=["true"]), zygote=first).wait() == 0
+        first.close()
+        second = shared_zygote()
+        assert second is not first
+        assert real_start(ChildSpec(argv=["true"]), zygote=second).wait() == 0
+    finally:
+        shared_zygote().close()
