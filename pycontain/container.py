@@ -124,6 +124,10 @@ class Container:
         ports: ``{host_port: container_port}``, served on 127.0.0.1.
         bandwidth: a rate limit for the container's traffic, both directions
             (``"20mbit"`` or bits/s; needs a network).
+        storage_size: the most the writable layer may hold (``"64M"``); writes
+            beyond get ENOSPC and ``usage()["storage_full"]`` says so. The
+            layer then lives on a tmpfs (memory, charged to the container's
+            memory cgroup) until remove(); overlay driver only.
 
     Raises:
         InvalidArgument: for any bad option, before anything is created.
@@ -156,12 +160,13 @@ class Container:
         detach: bool = False,
         ports: Any = None,
         bandwidth: Any = None,
+        storage_size: Any = None,
     ) -> None:
         self.config: ContainerConfig = make_config(
             image=image, command=command, name=name, memory=memory, cpus=cpus, pids=pids, cpuset=cpuset,
             network=network, hostname=hostname, env=env, volumes=volumes, workdir=workdir, user=user,
             read_only=read_only, cap_add=cap_add, cap_drop=cap_drop, seccomp=seccomp, detach=detach,
-            ports=ports, bandwidth=bandwidth,
+            ports=ports, bandwidth=bandwidth, storage_size=storage_size,
         )
         self._external = False
         self.name = self.config.name
@@ -411,6 +416,9 @@ class Container:
                     join.append(("net", net.netns_path))
                 elif self.config.network == "host":
                     new.discard("net")
+                if self._rootfs.sized is not None:
+                    # start from the namespace that holds the size-limited layer
+                    join.append(("mnt", self._rootfs.sized.nsfile))
                 image_cfg = self._image_config()
                 env = dict(_ENV_DEFAULT)
                 env.update(_image_env(image_cfg))
@@ -687,7 +695,10 @@ class Container:
         import pandas as pd
 
         rootfs = self._need_rootfs("diff")
-        changes = rootfs.driver.diff(rootfs.plan)
+        if rootfs.sized is not None:
+            changes = rootfs.sized.run(rootfs.driver.diff, rootfs.sized.plan)
+        else:
+            changes = rootfs.driver.diff(rootfs.plan)
         return pd.DataFrame([(c.path, c.change, c.size, c.type) for c in changes],
                             columns=["path", "change", "size", "type"])
 
@@ -707,7 +718,10 @@ class Container:
         store = rootfs.image.store
         with _no_space("commit", store.root), \
                 tempfile.NamedTemporaryFile(dir=store.root, prefix=".commit-", suffix=".tar") as f:
-            rootfs.driver.commit(rootfs.plan, f)
+            if rootfs.sized is not None:
+                rootfs.sized.run(_commit_into, rootfs.driver, rootfs.sized.plan, f.name)
+            else:
+                rootfs.driver.commit(rootfs.plan, f)
             f.flush()
             layer = Layer.from_tar(f.name, store=store)
         return rootfs.image.with_layer(layer, tag=tag, created_by=created_by or f"pycontain commit {self.name}",
@@ -724,6 +738,9 @@ class Container:
             except PycontainError:
                 pass
         data.update(self._net_counters())
+        sized = getattr(self._rootfs, "sized", None)
+        if sized is not None:
+            data.update(sized.usage())
         kills = data.get("oom_kill_events", 0) or 0
         data["oom_killed"] = bool(kills == kills and kills > 0)
         return data
@@ -879,6 +896,7 @@ def _options_record(cfg: ContainerConfig) -> dict[str, Any]:
         "seccomp": cfg.seccomp,
         "detach": cfg.detach,
         "ports": {str(k): v for k, v in cfg.ports.items()},
+        "storage_size": cfg.storage_size,
         "volumes": [f"{v.source}:{v.destination}:{'ro' if v.read_only else 'rw'}" for v in cfg.volumes
                     if os.path.exists(v.source)],
     }
@@ -1089,7 +1107,9 @@ class _Rootfs:
         self.target = str(container_dir / "merged")
         return self
 
-    def __init__(self, image: Any, container_dir: Path, owner: str) -> None:
+    sized: _SizedLayer | None = None
+
+    def __init__(self, image: Any, container_dir: Path, owner: str, size: int | None = None) -> None:
         from pycontain.backends import storage_driver
 
         self.image = image
@@ -1101,17 +1121,126 @@ class _Rootfs:
             layers.append(_init_layer(image.store).record)
         self.plan = self.driver.prepare(layers, str(container_dir), image=image.digest, owner=owner)
         self.target = str(container_dir / "merged")
-        os.makedirs(self.target, exist_ok=True)
+        try:
+            os.makedirs(self.target, exist_ok=True)
+            if size is not None:
+                self.sized = _SizedLayer.create(self.plan, size, str(state_dir() / "storage" / owner))
+        except BaseException:
+            self.release()
+            raise
 
     def mount(self) -> None:
         """In the container's private mount namespace."""
         from pycontain.backends import storage_driver
 
-        storage_driver.mount_rootfs(self.plan, self.target)
+        storage_driver.mount_rootfs(self.sized.plan if self.sized is not None else self.plan, self.target)
 
     def release(self) -> None:
+        if self.sized is not None:
+            self.sized.release()
         self.driver.cleanup(self.plan)
         shutil.rmtree(self.plan.container_dir, ignore_errors=True)
+
+
+class _SizedLayer:
+    """A writable layer of at most ``size`` bytes (``Container(storage_size=)``).
+
+    The overlay's upper and work directories live on a tmpfs of that size.
+    The tmpfs is mounted in a mount namespace of its own that outlives the
+    container until remove(), kept by a namespace file under the state
+    directory (as network namespaces are): the container starts from a copy
+    of that namespace, so the tmpfs is there below its overlay and nowhere
+    on the host; diff(), commit() and usage() look at it from a helper
+    process that joins the namespace, also after the container exited.
+
+    Why tmpfs: this host has no XFS project quotas, and an ext4 image on a
+    loop device per container is heavy (mkfs, a loop device to leak). The
+    price: the layer is memory (charged to the container's memory cgroup,
+    as the kernel charges tmpfs pages to whoever writes them), and only the
+    overlay driver can use it.
+    """
+
+    def __init__(self, plan: Any, size: int, nsfile: str, directory: str) -> None:
+        self.size = size
+        self.nsfile = nsfile
+        self.directory = directory
+        upper, work = os.path.join(directory, "upper"), os.path.join(directory, "work")
+        self.plan = _replace_upper(plan, upper, work)
+
+    @classmethod
+    def create(cls, plan: Any, size: int, nsfile: str) -> _SizedLayer:
+        from pycontain.engine import ChildSpec, start
+        from pycontain.errors import Unsupported
+        from pycontain.kernel import nsfs
+
+        if plan.driver != "overlay":
+            raise Unsupported(f"storage_size needs the overlay storage driver, not {plan.driver}",
+                              field="storage_size", hint="leave storage_size unset with this store")
+        directory = os.path.join(plan.container_dir, "sized")
+        os.mkdir(directory, 0o700)
+        ensure_dir(Path(nsfile).parent)
+        try:
+            start(ChildSpec(target=_mount_sized, args=(directory, size), new=frozenset({"mnt"}),
+                            persist={"mnt": nsfile})).result(timeout=30)
+        except BaseException:
+            nsfs.unbind_namespace(nsfile)
+            raise
+        return cls(plan, size, nsfile, directory)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a child inside the layer's mount namespace; its result."""
+        from pycontain.engine import ChildSpec, start
+
+        return start(ChildSpec(target=fn, args=args, join=(("mnt", self.nsfile),))).result(timeout=300)
+
+    def usage(self) -> dict[str, Any]:
+        """``storage_bytes``, ``storage_limit_bytes`` and ``storage_full`` (fewer than 64 KiB left)."""
+        try:
+            st = self.run(os.statvfs, self.directory)
+        except PycontainError:
+            return {}
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        return {"storage_bytes": used, "storage_limit_bytes": self.size,
+                "storage_full": st.f_bavail * st.f_frsize < 64 * 1024}
+
+    def release(self) -> None:
+        from pycontain.kernel import nsfs
+
+        nsfs.unbind_namespace(self.nsfile)
+
+
+def _mount_sized(directory: str, size: int) -> None:
+    """In a fresh mount namespace: the size-limited tmpfs for a writable layer."""
+    from pycontain.kernel import constants as C
+    from pycontain.kernel import syscalls
+
+    # Private first: a mount in a copy of a shared / would propagate to the host.
+    syscalls.mount(None, "/", None, C.MS_REC | C.MS_PRIVATE, None)
+    syscalls.mount("pycontain-layer", directory, "tmpfs", C.MS_NOSUID | C.MS_NODEV, f"size={size},mode=0755")
+    os.mkdir(os.path.join(directory, "upper"), 0o755)
+    os.mkdir(os.path.join(directory, "work"), 0o700)
+
+
+def _replace_upper(plan: Any, upper: str, work: str) -> Any:
+    """``plan`` with the overlay's upperdir/workdir (and ``rootfs``) moved."""
+    import dataclasses
+
+    from pycontain.backends.storage_overlay import _escape
+
+    old_upper, old_work = os.path.join(plan.container_dir, "upper"), os.path.join(plan.container_dir, "work")
+    steps = []
+    for step in plan.mounts:
+        data = step.data
+        if step.fstype == "overlay" and data and f"upperdir={_escape(old_upper)}," in data:
+            data = data.replace(f"upperdir={_escape(old_upper)},", f"upperdir={_escape(upper)},")
+            data = data.replace(f"workdir={_escape(old_work)},", f"workdir={_escape(work)},")
+        steps.append(dataclasses.replace(step, data=data))
+    return dataclasses.replace(plan, rootfs=upper, mounts=steps)
+
+
+def _commit_into(driver: Any, plan: Any, path: str) -> None:
+    with open(path, "r+b") as f:
+        driver.commit(plan, f)
 
 
 _INIT_LAYERS: dict[str, Any] = {}
@@ -1172,7 +1301,7 @@ def _prepare_rootfs(config: ContainerConfig, base: Path, owner: str) -> Any:
     ensure_dir(base.parent)
     if base.exists():
         shutil.rmtree(base)
-    return _Rootfs(_image_of(config), base, owner)
+    return _Rootfs(_image_of(config), base, owner, size=config.storage_size)
 
 
 class _NoNetwork:

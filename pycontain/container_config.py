@@ -64,6 +64,7 @@ class ContainerConfig:
     detach: bool = False
     ports: dict[int, int] = field(default_factory=dict)
     bandwidth: int | None = None  # bits per second, both directions
+    storage_size: int | None = None  # bytes the writable layer may hold (None: the store's disk)
 
 
 def make_config(
@@ -87,6 +88,7 @@ def make_config(
     detach: Any = False,
     ports: Any = None,
     bandwidth: Any = None,
+    storage_size: Any = None,
 ) -> ContainerConfig:
     """Validate and normalize container options.
 
@@ -117,6 +119,8 @@ def make_config(
         detach=_bool(detach, "detach"),
         ports=parse_ports(ports),
         bandwidth=_bandwidth(bandwidth, network) if bandwidth is not None else None,
+        storage_size=units.parse_size(storage_size, "storage_size", minimum=1 << 20)
+        if storage_size is not None else None,
     )
 
 
