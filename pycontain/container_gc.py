@@ -25,7 +25,8 @@ host):
   of ours names it and its key's creator is gone (never for detached keys we
   don't know: they belong to another state directory);
 * a network namespace file of ours is garbage when no live state of ours
-  has that container name.
+  has that container name; a mount namespace file holding a size-limited
+  writable layer (``storage/<key>``) goes with its key.
 
 A creator pid that was reused by another process only makes the piece look
 alive: pid reuse delays collection, it never removes live things.
@@ -117,6 +118,11 @@ def _rootfs_dir() -> str:
 
 def _netns_dir() -> str:
     return os.path.join(state_dir(), "networks", "netns")
+
+
+def _storage_ns_dir() -> str:
+    # mount namespaces holding size-limited writable layers (Container(storage_size=))
+    return os.path.join(state_dir(), "storage")
 
 
 def _listdir(path: str) -> list[str]:
@@ -276,12 +282,19 @@ def collect(*, dry_run: bool = False) -> GcReport:
 
             attempt("netns", entry, nsfs.unbind_namespace, os.path.join(netns_dir, entry))
             dead_netns = True
-    # 3. writable layers of this store.
+    # 3. mount namespaces of size-limited writable layers (named by key).
+    storage_ns = _storage_ns_dir()
+    for key in sorted(_listdir(storage_ns)):
+        if _key_is_garbage(key, states):
+            from pycontain.kernel import nsfs
+
+            attempt("rootfs", f"{key} (size-limited)", nsfs.unbind_namespace, os.path.join(storage_ns, key))
+    # 4. writable layers of this store.
     layers = _rootfs_dir()
     for key in sorted(_listdir(layers)):
         if _key_is_garbage(key, states):
             attempt("rootfs", key, _remove_rootfs, os.path.join(layers, key))
-    # 4. the state directories themselves.
+    # 5. the state directories themselves.
     for name, (_st, garbage) in sorted(states.items()):
         if garbage:
             attempt("containers", name, shutil.rmtree, os.path.join(_containers_dir(), name))

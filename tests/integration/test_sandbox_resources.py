@@ -185,8 +185,6 @@ def test_fd_exhaustion_stays_inside():
     os.close(os.open("/dev/null", os.O_RDONLY))
 
 
-@pytest.mark.skipif(not hasattr(Container, "__init__") or "storage_size" not in Container.__init__.__code__.co_varnames,
-                    reason="storage_size not implemented")
 def test_writable_layer_has_a_size_limit():
     script = "dd if=/dev/zero of=/big bs=1M count=64 2>&1; echo rc=$?"
     r = pycontain.run(["sh", "-c", script], storage_size="16M")
