@@ -192,3 +192,24 @@ def test_writable_layer_has_a_size_limit():
     # Calibration: without the limit the same write succeeds.
     r = pycontain.run(["sh", "-c", "dd if=/dev/zero of=/big bs=1M count=32 2>&1; echo rc=$?"])
     assert "rc=0" in r.stdout and not r.usage.get("storage_full"), r.stdout
+
+
+def test_size_limited_layer_keeps_diff_and_commit_after_exit(tmp_path):
+    from tests.integration.containment import make_busybox_rootfs
+
+    img = pycontain.Image.from_rootfs(make_busybox_rootfs(str(tmp_path / "rootfs")), tag="busybox:sized")
+    with Container(image=img, command=["sh", "-c", "echo kept > /root/note; rm /bin/vi; "
+                                                   "head -c 40000000 /dev/zero > /root/big; true"],
+                   storage_size="8M") as c:
+        assert c.wait(30) == 0
+        usage = c.usage()
+        assert usage["storage_full"] and usage["storage_limit_bytes"] == 8 << 20, usage
+        assert usage["storage_bytes"] <= 8 << 20
+        diff = c.diff().set_index("path")
+        assert diff.loc["/root/note", "change"] == "A" and diff.loc["/bin/vi", "change"] == "D"
+        assert diff.loc["/root/big", "size"] <= 8 << 20
+        new = c.commit(tag="busybox:sized-commit")
+    r = pycontain.run(["sh", "-c", "cat /root/note; test -e /bin/vi || echo gone"], image=new)
+    assert r.stdout == "kept\ngone\n"
+    with pytest.raises(pycontain.errors.InvalidArgument):
+        Container(storage_size="1k")
