@@ -790,9 +790,19 @@ class Container:
 
         return Monitor(self._sample, interval).start()
 
-    def posture(self) -> dict[str, Any]:
+    def posture(self, inside: bool = False) -> dict[str, Any]:
         """What the container's PID 1 is confined by, read from /proc from outside:
-        namespaces, capabilities, seccomp mode, no_new_privs, mounts, limits."""
+        namespaces, capabilities, seccomp mode, no_new_privs, mounts, limits.
+
+        With ``inside=True``, the same as a process inside the container sees
+        it (:func:`posture_inside`, run through :meth:`call`): its namespace
+        ids, its own status, its mount table, and the limits read from its
+        read-only ``/sys/fs/cgroup``. Comparing both (and both with the
+        expected profile) is gVisor's sandbox-posture test.
+        """
+        if inside:
+            result: dict[str, Any] = self.call(posture_inside, timeout=60)
+            return result
         from pycontain.kernel import proc
         from pycontain.kernel.syscalls import cap_names
 
@@ -838,6 +848,74 @@ def _fault(point: str) -> None:
     """Fault injection for tests: die here if ``PYCONTAIN_FAULT`` names this point."""
     if os.environ.get("PYCONTAIN_FAULT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def posture_inside() -> dict[str, Any]:
+    """Run inside a container (``c.call(posture_inside)``, or ``c.posture(inside=True)``):
+    the confinement as the container itself sees it.
+
+    Keys: ``namespaces`` (kind -> inode, to compare with the host's),
+    ``capabilities`` (set -> names), ``seccomp`` ("filter"...),
+    ``no_new_privs``, ``mounts`` ((point, fstype, options) tuples) and
+    ``limits`` (``memory`` bytes, ``cpus``, ``pids``, ``cpuset``; None where
+    unlimited), read from the container's own ``/sys/fs/cgroup``.
+    """
+    from pycontain.backends.posture import read_posture
+
+    p = read_posture(os.getpid(), reference=os.getpid())
+    return {
+        "namespaces": dict(p.namespaces),
+        "capabilities": {k: list(v) for k, v in p.capabilities.items()},
+        "seccomp": p.seccomp,
+        "no_new_privs": p.no_new_privs,
+        "mounts": [tuple(m) for m in p.mounts],
+        "limits": _limits_inside(),
+    }
+
+
+def _limits_inside() -> dict[str, Any]:
+    """The cgroup limits a container sees at the root of its cgroup namespace."""
+    from pycontain.kernel import cgroupfs
+
+    layout = cgroupfs.layout()
+
+    def read(path: str | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            return cgroupfs.read(path).strip()
+        except (PycontainError, OSError):
+            return None
+
+    v1 = layout.v1_mounts
+    v2 = layout.v2_mount if layout.mode == "v2" else None
+
+    def at(ctrl: str, v1_file: str, v2_file: str) -> str | None:
+        if v2 is not None:
+            return read(f"{v2}/{v2_file}")
+        return read(f"{v1[ctrl]}/{v1_file}") if ctrl in v1 else None
+
+    memory = at("memory", "memory.limit_in_bytes", "memory.max")
+    pids = at("pids", "pids.max", "pids.max")
+    cpuset = at("cpuset", "cpuset.cpus", "cpuset.cpus.effective")
+    if v2 is not None:
+        quota_text, _, period_text = (read(f"{v2}/cpu.max") or "max 100000").partition(" ")
+    else:
+        quota_text = at("cpu", "cpu.cfs_quota_us", "") or "-1"
+        period_text = at("cpu", "cpu.cfs_period_us", "") or "100000"
+    quota = None if quota_text in ("max", "-1") else int(quota_text)
+    mem = None if memory in (None, "max") or int(memory) >= 1 << 62 else int(memory)
+    cpus: set[int] = set()
+    for part in (cpuset or "").split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return {
+        "memory": mem,
+        "cpus": None if quota is None else quota / int(period_text),
+        "pids": None if pids in (None, "max") else int(pids),
+        "cpuset": sorted(cpus) or None,
+    }
 
 
 class _ExternalProcess:
