@@ -808,7 +808,9 @@ class Container:
 
         child = self._need_child("inspect")
         st = proc.status(child.pid)
-        host = proc.namespace_ids(1)
+        # "own" relative to the creator (on the host): host PID 1 may live in
+        # other namespaces than we do (a VM's agent, a sandbox), or be unreadable.
+        host = proc.namespace_ids(os.getpid())
         mine = proc.namespace_ids(child.pid)
         return {
             "namespaces": {k: ("own" if host.get(k) != v else "host") for k, v in mine.items()},
