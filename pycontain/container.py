@@ -814,9 +814,11 @@ class Container:
         mine = proc.namespace_ids(child.pid)
         return {
             "namespaces": {k: ("own" if host.get(k) != v else "host") for k, v in mine.items()},
-            "capabilities": {s: cap_names(int(st[f"Cap{s.capitalize()[:3]}"], 16))
-                             for s in ("effective", "permitted", "inheritable", "bounding", "ambient")
-                             if f"Cap{s.capitalize()[:3]}" in st},
+            # (status keys: CapEff CapPrm CapInh CapBnd CapAmb, proc(5))
+            "capabilities": {s: cap_names(int(st[key], 16))
+                             for s, key in (("effective", "CapEff"), ("permitted", "CapPrm"),
+                                            ("inheritable", "CapInh"), ("bounding", "CapBnd"), ("ambient", "CapAmb"))
+                             if key in st},
             "seccomp": {"0": "disabled", "1": "strict", "2": "filter"}.get(st.get("Seccomp", ""), "?"),
             "no_new_privs": st.get("NoNewPrivs") == "1",
             "mounts": [(m.mount_point, m.fstype, ",".join(m.options)) for m in proc.mountinfo(child.pid)],
