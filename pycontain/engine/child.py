@@ -313,7 +313,9 @@ def _run_target(spec: ChildSpec, ch: Channels, pickler: Any) -> NoReturn:
 
 
 def _ask_parent(ch: Channels, who: bytes, persist: set[str]) -> None:
-    """Tell the parent we unshared (``who``: b"first" or b"workload") and wait for its go."""
+    """Ask the parent to act and wait for its go. ``who``: b"first" (maps and
+    binds for the first process), b"cgroup" (move the workload into its
+    cgroups) or b"workload" (binds of the workload's namespaces)."""
     send(ch.status, MSG_UNSHARED, b" ".join([who, *sorted(k.encode() for k in persist)]))
     assert ch.sync is not None
     if os.read(ch.sync, 1) != b"G":
@@ -337,9 +339,12 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
                 raise kernel_error("sched_setaffinity", e.errno or errno.EINVAL,
                                    detail=f"cpus={sorted(spec.affinity)}") from None
         # 1. cgroups first, so everything below (and the workload) is accounted
-        # and a new cgroup namespace is rooted at the new cgroup.
-        for path in spec.cgroup_procs:
-            nsfs.write_pid(path, os.getpid())
+        # and a new cgroup namespace is rooted at the new cgroup. A relay
+        # (pid/time namespaces) stays out: the parent moves the workload in
+        # right after the fork, so limits such as pids.max count only it.
+        if not spec.needs_fork:
+            for path in spec.cgroup_procs:
+                nsfs.write_pid(path, os.getpid())
         # 2. join existing namespaces, user first (before any new user
         # namespace, which would take away the rights to join host ones).
         if spec.join:
@@ -375,6 +380,10 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
             # with the caller, since the relay dies with the caller.
             if spec.pdeathsig:
                 syscalls.set_pdeathsig(int(spec.pdeathsig))
+            if spec.cgroup_procs:
+                # Only the parent knows our host pid (and, with a new user
+                # namespace, only it may still write to cgroupfs).
+                _ask_parent(ch, b"cgroup", set())
             if second:
                 syscalls.unshare(syscalls.namespace_flags(second))
                 if second & set(spec.persist):

@@ -20,7 +20,7 @@ from typing import Any
 
 from pycontain.engine import child as _child
 from pycontain.engine.spec import ChildSpec
-from pycontain.errors import InvalidArgument, PycontainError, Timeout, kernel_error
+from pycontain.errors import InvalidArgument, KernelError, PycontainError, Timeout, kernel_error
 from pycontain.kernel import nsfs, syscalls
 
 __all__ = ["Child", "RemoteError", "start"]
@@ -120,6 +120,7 @@ def _reap_orphans() -> None:
             done = child.poll() is not None
         except Exception:
             done = True  # reaped elsewhere, or its zygote is gone
+            child._release_fds()
         if done:
             try:
                 _ORPHANS.remove(child)
@@ -161,6 +162,26 @@ class Child:
             os.close(self._pidfd)
             self._pidfd = None
 
+    def _release_fds(self) -> None:
+        """Close what this object holds, for a child whose status will never come."""
+        for name in ("_pidfd", "_result_fd"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _reaper_call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(self.relay_pid, *args)
+        except KernelError:
+            # The status is lost for good (the zygote died, or someone else
+            # reaped the child): do not keep fds open for it.
+            self._release_fds()
+            raise
+
     def __del__(self) -> None:
         if getattr(self, "returncode", 0) is None and getattr(self, "_reaper", None) is not None:
             # Dropped while running: keep it to be reaped by a later start(),
@@ -178,7 +199,7 @@ class Child:
         """The return code if the child has ended, else None (never blocks)."""
         with self._lock:
             if self.returncode is None:
-                status = self._reaper.poll_status(self.relay_pid)
+                status = self._reaper_call(self._reaper.poll_status)
                 if status is not None:
                     self._set_status(status)
                     if self._result_fd is not None:
@@ -198,7 +219,7 @@ class Child:
             self._drain_result(block=True, deadline=deadline)
         with self._lock:
             if self.returncode is None:
-                status = self._reaper.wait_status(self.relay_pid, deadline)
+                status = self._reaper_call(self._reaper.wait_status, deadline)
                 if status is None:
                     raise Timeout(f"child {self.pid} still running after {timeout} s", op="wait",
                                   value=timeout, hint="kill() it, or wait longer")
@@ -343,7 +364,8 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     workload = pid
     reaped = False
     workload_fd: int | None = None
-    stashed: list[str] | None = None  # the workload's persist request, until its host pid is known
+    # the workload's requests, until its host pid is known (P message)
+    stashed: list[tuple[str, list[str]]] = []
     try:
         error: BaseException | None = None
         while True:
@@ -357,10 +379,10 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
                     _parent_setup(spec, pid, kinds, persisted, maps=True)
                     sync_w = _go(sync_w)
                 elif workload != pid:
-                    _parent_setup(spec, workload, kinds, persisted, maps=False)
+                    _workload_setup(spec, workload, who, kinds, persisted)
                     sync_w = _go(sync_w)
                 else:
-                    stashed = kinds
+                    stashed.append((who, kinds))
             elif kind == _child.MSG_WORKLOAD:
                 workload = int(payload)
                 # Pinned at once: a pid the relay has reaped may be reused,
@@ -370,10 +392,10 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
                     workload_fd = syscalls.pidfd_open(workload)
                 except OSError:
                     workload_fd = None
-                if stashed is not None:
-                    _parent_setup(spec, workload, stashed, persisted, maps=False)
+                for who, kinds in stashed:
+                    _workload_setup(spec, workload, who, kinds, persisted)
                     sync_w = _go(sync_w)
-                    stashed = None
+                stashed.clear()
             elif kind == _child.MSG_ERROR:
                 try:
                     error = pickle.loads(payload)
@@ -438,6 +460,14 @@ def _go(sync_w: int | None) -> int | None:
     assert sync_w is not None
     os.write(sync_w, b"G")
     return sync_w
+
+
+def _workload_setup(spec: ChildSpec, workload: int, who: str, kinds: list[str], persisted: list[str]) -> None:
+    if who == "cgroup":
+        for path in spec.cgroup_procs:
+            nsfs.write_pid(path, workload)
+    else:
+        _parent_setup(spec, workload, kinds, persisted, maps=False)
 
 
 def _parent_setup(spec: ChildSpec, pid: int, kinds: list[str], persisted: list[str], *, maps: bool) -> None:

@@ -247,5 +247,6 @@ class ChildSpec:
 
     @property
     def needs_parent(self) -> bool:
-        """Whether the parent must act after the child unshared (id maps, persist)."""
-        return bool(self.uid_map or self.gid_map or self.persist)
+        """Whether the parent must act for the child: id maps, persist binds, or
+        moving a forked workload into its cgroups."""
+        return bool(self.uid_map or self.gid_map or self.persist or (self.cgroup_procs and self.needs_fork))

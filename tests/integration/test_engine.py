@@ -258,13 +258,27 @@ def test_cgroup_procs_joined_before_exec(pids_cgroup: str) -> None:
         assert rel not in f.read()
 
 
-def test_cgroup_procs_with_pid_namespace(pids_cgroup: str) -> None:
-    child = start(ChildSpec(argv=["sleep", "10"], new={"pid", "cgroup"},
-                            cgroup_procs=[pids_cgroup + "/cgroup.procs"]))
+@pytest.mark.parametrize("user", [False, True])
+def test_cgroup_procs_with_pid_namespace(pids_cgroup: str, user: bool) -> None:
+    extra = {"new": {"pid", "cgroup", "user"}, "uid_map": "0 100000 65536", "gid_map": "0 100000 65536"} \
+        if user else {"new": {"pid", "cgroup"}}
+    r, w = os.pipe()
+    # shell builtins only: no child process may sit in the cgroup when we count
+    script = "while read -r line; do echo $line; done </proc/self/cgroup; echo end; exec sleep 10"
+    child = start(ChildSpec(argv=["sh", "-c", script], stdout=w,
+                            cgroup_procs=[pids_cgroup + "/cgroup.procs"], **extra))  # type: ignore[arg-type]
+    os.close(w)
     try:
+        with os.fdopen(r) as f:
+            inside = list(iter(f.readline, "end\n"))
         with open(pids_cgroup + "/cgroup.procs") as f:
             members = {int(x) for x in f.read().split()}
-        assert members == {child.pid, child.relay_pid}
+        # Only the workload is in the cgroup (the relay is not counted in pids.current) ...
+        assert members == {child.pid}
+        with open(pids_cgroup + "/pids.current") as f:
+            assert int(f.read()) == 1
+        # ... and its cgroup namespace is rooted there.
+        assert any(ln.rstrip().endswith(":pids:/") for ln in inside), inside
     finally:
         child.kill()
         child.wait()
@@ -520,5 +534,12 @@ def test_dropped_children_are_reaped_later() -> None:
     del child
     gc.collect()
     time.sleep(0.2)
-    start(ChildSpec(argv=["true"])).wait()  # reaps the dropped one
+    start(ChildSpec(argv=["true"])).wait()  # reaps the dropped one (if its status is in)
+    from pycontain.engine import process
+
+    deadline = time.monotonic() + 5
+    while process._ORPHANS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        process._reap_orphans()
+    assert not process._ORPHANS
     assert not os.path.exists(f"/proc/{pid}")  # gone, not a zombie
