@@ -293,3 +293,45 @@ def test_cleanup_orphans_is_collection(busybox, _private_state):
     assert _leftovers("crashed", _private_state) == {}
     with pytest.raises(PycontainError):
         Container.open("crashed")
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _host_state(base: str) -> dict[str, Any]:
+    import threading
+
+    return {
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": threading.active_count(),
+        "mounts": sorted(_my_mounts("/")),
+        "cgroups": sorted(p for p in glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}/*")
+                          if p.endswith(f".{os.getpid()}")),
+        "state": _leftovers("pc", base),
+    }
+
+
+@pytest.mark.slow
+def test_many_cycles_leave_the_host_unchanged(_private_state):
+    # 1000 by default (~100-150 s on this 2-core VM); PYCONTAIN_CYCLES to change.
+    n = int(os.environ.get("PYCONTAIN_CYCLES", "1000"))
+    for _ in range(20):  # warm up: imports, the host image, caches, the first cgroup moves
+        pycontain.run(["true"], sample_interval=1.0)
+    before, rss0 = _host_state(_private_state), _rss()
+    t0 = time.monotonic()
+    for i in range(n):
+        if i % 2:
+            r = pycontain.run(["true"], sample_interval=1.0)
+            assert r.returncode == 0
+        else:
+            c = Container(command=["true"])
+            c.start()
+            assert c.wait(30) == 0
+            c.remove()
+    elapsed = time.monotonic() - t0
+    after, rss1 = _host_state(_private_state), _rss()
+    assert after == before, (before, after)
+    assert rss1 - rss0 < 10 << 20, f"RSS grew by {(rss1 - rss0) >> 20} MiB over {n} cycles"
+    print(f"{n} cycles in {elapsed:.0f} s ({elapsed / n * 1e3:.0f} ms each), RSS {(rss1 - rss0) >> 10:+d} KiB")
