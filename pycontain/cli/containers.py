@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cap-add", action="append", default=[], help="add a capability")
     p.add_argument("--cap-drop", action="append", default=[], help="drop a capability")
     p.add_argument("--security-opt", action="append", default=[], help="seccomp=unconfined|PROFILE.json")
+    p.add_argument("--storage-opt", action="append", default=[], help="size=64M: bound the writable layer")
     p.add_argument("image", help="image tag, or 'host'")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -104,6 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise InvalidArgument("unsupported --security-opt", field="security-opt", value=opt,
                                   hint="seccomp=unconfined or seccomp=/path/profile.json")
         seccomp = value
+    storage_size = None
+    for opt in args.storage_opt:
+        key, _, value = opt.partition("=")
+        if key != "size" or not value:
+            raise InvalidArgument("unsupported --storage-opt", field="storage-opt", value=opt, hint="size=64M")
+        storage_size = value
     ports: dict[str, str] = {}
     for spec in args.publish:
         host, sep, inside = spec.rpartition(":")
@@ -114,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image=args.image, command=command or None, name=args.name, memory=args.memory, cpus=args.cpus,
         pids=args.pids, cpuset=args.cpuset, network=args.network, hostname=args.hostname, env=args.env or None,
         volumes=args.volume or None, workdir=args.workdir, user=args.user, read_only=args.read_only,
-        cap_add=args.cap_add, cap_drop=args.cap_drop, seccomp=seccomp, detach=args.detach,
+        cap_add=args.cap_add, cap_drop=args.cap_drop, seccomp=seccomp, detach=args.detach, storage_size=storage_size,
         ports={int(k) if k.isdigit() else k: int(v) if v.isdigit() else v for k, v in ports.items()} or None,
     )
     if args.detach:
