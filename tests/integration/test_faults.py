@@ -309,7 +309,8 @@ def _host_state(base: str) -> dict[str, Any]:
         "mounts": sorted(_my_mounts("/")),
         "cgroups": sorted(p for p in glob.glob(f"/sys/fs/cgroup/*/{CGROUP_PARENT}/*")
                           if p.endswith(f".{os.getpid()}")),
-        "state": _leftovers("pc", base),
+        # (cgroups of other processes' containers may come and go: only ours count, above)
+        "state": {k: v for k, v in _leftovers("pc", base).items() if k != "cgroups"},
     }
 
 
