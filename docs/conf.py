@@ -31,7 +31,7 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "**/.ipynb_checkpoints", "notebooks/README.md", "Thumbs.db", ".DS_Store"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
