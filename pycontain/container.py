@@ -1187,6 +1187,9 @@ class _Rootfs:
         self.image = Image.get(plan.image)
         self.driver = storage_driver.select_driver(self.image.store, plan.driver)
         self.target = str(container_dir / "merged")
+        nsfile = state_dir() / "storage" / plan.owner
+        if (container_dir / "sized").is_dir() and nsfile.exists():
+            self.sized = _SizedLayer(plan, 0, str(nsfile), str(container_dir / "sized"))
         return self
 
     sized: _SizedLayer | None = None
@@ -1282,7 +1285,7 @@ class _SizedLayer:
         except PycontainError:
             return {}
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        return {"storage_bytes": used, "storage_limit_bytes": self.size,
+        return {"storage_bytes": used, "storage_limit_bytes": st.f_blocks * st.f_frsize,
                 "storage_full": st.f_bavail * st.f_frsize < 64 * 1024}
 
     def release(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import subprocess
+import sys
 import time
 
 import pytest
@@ -208,6 +210,12 @@ def test_size_limited_layer_keeps_diff_and_commit_after_exit(tmp_path):
         diff = c.diff().set_index("path")
         assert diff.loc["/root/note", "change"] == "A" and diff.loc["/bin/vi", "change"] == "D"
         assert diff.loc["/root/big", "size"] <= 8 << 20
+        # another process (Container.open) sees the same layer
+        code = ("import sys, pycontain; c = pycontain.Container.open(sys.argv[1]); "
+                "print(sorted(c.diff()['path'])); print(c.usage()['storage_full'])")
+        out = subprocess.run([sys.executable, "-c", code, c.name], capture_output=True, text=True, check=True,
+                             env=os.environ).stdout.splitlines()
+        assert "/root/note" in out[0] and out[1] == "True", out
         new = c.commit(tag="busybox:sized-commit")
     r = pycontain.run(["sh", "-c", "cat /root/note; test -e /bin/vi || echo gone"], image=new)
     assert r.stdout == "kept\ngone\n"
