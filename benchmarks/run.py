@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-docs", action="store_true", help="do not write the docs page")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing peers")
     ap.add_argument("--seed", type=int, default=0, help="seed of the per-round shuffle")
+    ap.add_argument("--list", action="store_true", help="list the cases (after --only) and exit")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         log("benchmarks/run.py needs root (containers, cgroups, mounts)")
@@ -282,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         info = machine.info()
         log(f"workspace {ws.root}, cgroups under {ws.cgroup_parent}, host cgroups: {ws.mode}")
         cases = select(discover(ws), args.only)
+        if args.list:
+            for c in cases:
+                log(f"{c.key:50s} {'skipped: ' + c.skip if c.skip else c.note}")
+            return 0
         log(f"{len(cases)} cases in {len({c.group for c in cases})} groups, {repeat} rounds")
         outcomes = run_groups(cases, repeat, seed=args.seed, log=log)
     except (KeyboardInterrupt, _Interrupted) as exc:
