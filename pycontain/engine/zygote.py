@@ -209,6 +209,7 @@ class Zygote:
         finally:
             theirs.close()
         self.pid = self._helper.pid
+        self._owner = os.getpid()  # a forked copy of the caller must not talk on our socket
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._next_id = 0
@@ -226,6 +227,9 @@ class Zygote:
         if self._closed or self._dead:
             raise KernelError("the zygote is gone", op="zygote", errno=errno.ESRCH,
                               hint="make a new Zygote()")
+        if os.getpid() != self._owner:
+            raise KernelError(f"this zygote belongs to process {self._owner}", op="zygote", errno=errno.EPERM,
+                              hint="a forked process makes its own Zygote (shared_zygote() does that)")
         if spec.cwd is None and "mnt" not in {kind for kind, _ in spec.join}:
             # A forked child starts in the caller's current directory; so does ours.
             # (Joining a mount namespace moves to its root, in both cases.)
@@ -334,7 +338,8 @@ class Zygote:
             return
         self._closed = True
         self._sock.close()
-        self._helper.wait()
+        if os.getpid() == self._owner:  # only the creator can reap the helper
+            self._helper.wait()
 
     def __enter__(self) -> Zygote:
         return self
@@ -370,7 +375,7 @@ def shared_zygote(preload: Iterable[str] = ()) -> Zygote:
     """
     global _shared
     with _shared_lock:
-        if _shared is None or _shared._closed or _shared._dead:
+        if _shared is None or _shared._closed or _shared._dead or _shared._owner != os.getpid():
             import atexit
 
             _shared = Zygote(preload)

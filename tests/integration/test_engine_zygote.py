@@ -137,3 +137,27 @@ def test_shared_zygote_restarts_after_death() -> None:
         assert real_start(ChildSpec(argv=["true"]), zygote=second).wait() == 0
     finally:
         shared_zygote().close()
+
+
+def test_a_forked_copy_gets_its_own_shared_zygote() -> None:
+    from pycontain.engine import shared_zygote
+
+    mine = shared_zygote()
+    try:
+        pid = os.fork()
+        if pid == 0:  # a copy of the caller, as multiprocessing's fork makes
+            code = 1
+            try:
+                try:
+                    real_start(ChildSpec(argv=["true"]), zygote=mine)
+                except KernelError:
+                    theirs = shared_zygote()
+                    if theirs is not mine and real_start(ChildSpec(argv=["true"]), zygote=theirs).wait() == 0:
+                        theirs.close()
+                        code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert real_start(ChildSpec(argv=["true"]), zygote=mine).wait() == 0
+    finally:
+        mine.close()
