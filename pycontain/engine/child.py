@@ -23,6 +23,7 @@ import fcntl
 import gc
 import os
 import pickle
+import select
 import signal
 import traceback
 from typing import Any, NoReturn
@@ -366,6 +367,9 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
             _become_root_inside(spec)
         # 5. pid and time namespaces apply to children: fork the workload.
         if spec.needs_fork:
+            # A pidfd of the relay, for the workload to check it did not miss
+            # the relay's death (its own getppid() is 0 in a new pid namespace).
+            relay_fd = syscalls.pidfd_open(os.getpid()) if spec.pdeathsig else None
             workload = os.fork()
             if workload:
                 # The relay keeps nothing of the caller's: not its sockets,
@@ -378,8 +382,12 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
                 _relay(workload)
             # The workload dies with the relay (its parent) -- and thereby
             # with the caller, since the relay dies with the caller.
-            if spec.pdeathsig:
+            if spec.pdeathsig and relay_fd is not None:
                 syscalls.set_pdeathsig(int(spec.pdeathsig))
+                relay_gone, _, _ = select.select([relay_fd], [], [], 0)
+                os.close(relay_fd)
+                if relay_gone:
+                    os._exit(SETUP_FAILED)
             if spec.cgroup_procs:
                 # Only the parent knows our host pid (and, with a new user
                 # namespace, only it may still write to cgroupfs).
