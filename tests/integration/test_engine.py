@@ -543,3 +543,12 @@ def test_dropped_children_are_reaped_later() -> None:
         process._reap_orphans()
     assert not process._ORPHANS
     assert not os.path.exists(f"/proc/{pid}")  # gone, not a zombie
+
+
+def test_affinity_applies_before_exec() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    code, out = run_capture(argv=["grep", "Cpus_allowed_list", "/proc/self/status"], affinity={cpu})
+    assert code == 0 and out.split() == ["Cpus_allowed_list:", str(cpu)]
+    with pytest.raises(KernelError) as info:
+        start(ChildSpec(argv=["true"], affinity={4095}))
+    assert info.value.op == "sched_setaffinity"

@@ -158,3 +158,10 @@ def test_start_rejects_non_spec() -> None:
 
     with pytest.raises(InvalidArgument):
         start(["true"])  # type: ignore[arg-type]
+
+
+def test_affinity() -> None:
+    assert ChildSpec(argv=["true"], affinity=[1, 0, 1]).affinity == frozenset({0, 1})
+    assert ChildSpec(argv=["true"]).affinity is None
+    for bad in (0, [], [-1], [True], ["0"]):
+        assert _bad(argv=["true"], affinity=bad).field == "affinity"
