@@ -101,8 +101,9 @@ class Namespace:
         Raises:
             InvalidArgument: bad pid or kind.
             NotFound: no such process.
+            PermissionDenied: the process may not be inspected (ptrace rules).
 
-        Example: ``Namespace.of(1, "net")``
+        Example: ``Namespace.of(os.getppid(), "net")``
         """
         _check_pid(pid)
         _check_kind(kind)
