@@ -228,12 +228,20 @@ def _remove_rootfs(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _prune_networks() -> None:
-    """Forget endpoints whose veth is gone (network.py's own bookkeeping)."""
+def _prune_networks(released: set[str]) -> None:
+    """Detach the endpoints whose network namespace files were ``released``
+    (their veth would go only when the kernel gets round to freeing the
+    namespace), then forget endpoints whose veth is gone (network.py's own
+    bookkeeping)."""
     from pycontain import network
 
     if not _listdir(network._state_dir()):
         return
+    for rec in network._load_all():
+        for endpoint, info in list(rec.get("endpoints", {}).items()):
+            if info.get("netns") in released:
+                with contextlib.suppress(PycontainError, OSError):
+                    network.Network.get(rec["name"]).detach(endpoint)
     with network._locked():
         for rec in network._load_all():
             if network._prune(rec):
@@ -273,7 +281,7 @@ def collect(*, dry_run: bool = False) -> GcReport:
             attempt("cgroups", key, _remove_cgroup, key)
     # 2. network namespace files (bind mounts in this mount namespace).
     netns_dir = _netns_dir()
-    dead_netns = False
+    released: set[str] = set()
     for entry in sorted(_listdir(netns_dir)):
         owner = entry.rpartition("-")[0]
         known = states.get(owner)
@@ -281,7 +289,7 @@ def collect(*, dry_run: bool = False) -> GcReport:
             from pycontain.kernel import nsfs
 
             attempt("netns", entry, nsfs.unbind_namespace, os.path.join(netns_dir, entry))
-            dead_netns = True
+            released.add(os.path.join(netns_dir, entry))
     # 3. mount namespaces of size-limited writable layers (named by key).
     storage_ns = _storage_ns_dir()
     for key in sorted(_listdir(storage_ns)):
@@ -298,9 +306,9 @@ def collect(*, dry_run: bool = False) -> GcReport:
     for name, (_st, garbage) in sorted(states.items()):
         if garbage:
             attempt("containers", name, shutil.rmtree, os.path.join(_containers_dir(), name))
-    if dead_netns and not dry_run:
+    if released and not dry_run:
         try:
-            _prune_networks()
+            _prune_networks(released)
         except (PycontainError, OSError) as e:
             report.errors.append(f"networks: {e}")
     return report

@@ -81,7 +81,7 @@ _CREATOR = textwrap.dedent("""
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_sigkill_of_the_creator_at_each_step_is_collected(point, storage_size, busybox, _private_state):
     name = f"doomed-{point.replace('_', '-')}"
-    with pycontain.Network.create("faultnet") as net:
+    with pycontain.Network.create(f"fault{os.getpid() % 100000}") as net:
         env = dict(os.environ, PYCONTAIN_FAULT=point)
         p = subprocess.run([sys.executable, "-c", _CREATOR, TAG, name, net.name, storage_size], env=env, input="",
                            capture_output=True, text=True, timeout=60)
