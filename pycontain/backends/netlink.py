@@ -23,13 +23,14 @@ and the interface (:func:`pycontain.errors.kernel_error`).
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pycontain.errors import InvalidArgument, KernelError, NotFound, kernel_error
 from pycontain.kernel import constants as C
@@ -90,6 +91,44 @@ def _socket_in(fd: int) -> socket.socket:
         raise box["error"]
     sock: socket.socket = box["sock"]
     return sock
+
+
+_T = TypeVar("_T")
+
+
+def _off_loop(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Run ``fn`` on a short-lived thread when this thread runs an asyncio loop.
+
+    pyroute2 0.9 drives its own asyncio loop inside each call, which fails
+    with "This event loop is already running" on a thread that already runs
+    one -- a Jupyter kernel's main thread, where ``%%container --net`` and
+    ``Network.create`` are called. Elsewhere ``fn`` runs directly.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> _T:
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # handed to the caller's thread below
+                box["error"] = e
+
+        t = threading.Thread(target=run, name="pycontain-netlink", daemon=True)
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    return call
 
 
 @contextmanager
@@ -154,6 +193,7 @@ def _need_index(ipr: Any, ifname: str) -> int:
 # -- host facts -------------------------------------------------------------
 
 
+@_off_loop
 def host_ipv4_networks(ignore_ifnames: frozenset[str] = frozenset()) -> list[tuple[str, ipaddress.IPv4Network]]:
     """IPv4 networks in use in the caller's netns: addresses and routes.
 
@@ -186,6 +226,7 @@ def host_ipv4_networks(ignore_ifnames: frozenset[str] = frozenset()) -> list[tup
     return out
 
 
+@_off_loop
 def link_exists(ifname: str, netns: NetnsRef | None = None) -> bool:
     """Whether interface ``ifname`` exists (in the host netns or in ``netns``)."""
     if netns is None:
@@ -194,6 +235,7 @@ def link_exists(ifname: str, netns: NetnsRef | None = None) -> bool:
         return _index(ipr, ifname) is not None
 
 
+@_off_loop
 def link_names(netns: NetnsRef | None = None) -> list[str]:
     """The names of every interface in the host netns (or in ``netns``)."""
     if netns is None:
@@ -202,6 +244,7 @@ def link_names(netns: NetnsRef | None = None) -> list[str]:
         return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
 
 
+@_off_loop
 def routes(netns: NetnsRef | None = None) -> list[dict[str, Any]]:
     """IPv4 routes of the main table as dicts: ``dst`` (CIDR), ``gateway``, ``ifname``."""
     out = []
@@ -217,6 +260,7 @@ def routes(netns: NetnsRef | None = None) -> list[dict[str, Any]]:
     return out
 
 
+@_off_loop
 def addresses(ifname: str, netns: NetnsRef | None = None) -> list[str]:
     """IPv4 addresses of ``ifname`` as ``"a.b.c.d/len"`` strings."""
     with _iproute(netns) as ipr, _op("dump addresses", ifname):
@@ -228,6 +272,7 @@ def addresses(ifname: str, netns: NetnsRef | None = None) -> list[str]:
 # -- bridges, veths, loopback -------------------------------------------------
 
 
+@_off_loop
 def create_bridge(ifname: str, address: str) -> None:
     """Create bridge ``ifname`` with ``address`` (CIDR, the gateway) and bring it up.
 
@@ -251,6 +296,7 @@ def create_bridge(ifname: str, address: str) -> None:
             raise
 
 
+@_off_loop
 def delete_link(ifname: str, netns: NetnsRef | None = None) -> bool:
     """Delete interface ``ifname``; False when it was not there (idempotent).
 
@@ -266,12 +312,14 @@ def delete_link(ifname: str, netns: NetnsRef | None = None) -> bool:
         return True
 
 
+@_off_loop
 def loopback_up(netns: NetnsRef) -> None:
     """Bring ``lo`` up inside ``netns`` (a fresh netns has it down)."""
     with _iproute(netns) as ipr, _op("set lo up", "lo"):
         ipr.link("set", index=_need_index(ipr, "lo"), state="up")
 
 
+@_off_loop
 def create_veth(
     netns: NetnsRef,
     host_ifname: str,
@@ -328,6 +376,7 @@ def create_veth(
 # -- counters and traffic control --------------------------------------------
 
 
+@_off_loop
 def link_counters(ifname: str, netns: NetnsRef | None = None) -> dict[str, int]:
     """The interface's own counters: rx/tx bytes and packets (IFLA_STATS64)."""
     with _iproute(netns) as ipr, _op("read counters", ifname):
@@ -343,6 +392,7 @@ def _burst(rate_bytes: int) -> int:
     return max(32 * 1024, rate_bytes // 250)
 
 
+@_off_loop
 def set_rate(ifname: str, rate_bits: int, netns: NetnsRef | None = None) -> None:
     """Shape what ``ifname`` sends to ``rate_bits`` bits/s: a root tbf qdisc.
 
@@ -355,6 +405,7 @@ def set_rate(ifname: str, rate_bits: int, netns: NetnsRef | None = None) -> None
                latency="50ms")
 
 
+@_off_loop
 def clear_root_qdisc(ifname: str, netns: NetnsRef | None = None) -> bool:
     """Delete ``ifname``'s root qdisc (back to the default); False if none was set."""
     with _iproute(netns) as ipr:
@@ -368,6 +419,7 @@ def clear_root_qdisc(ifname: str, netns: NetnsRef | None = None) -> bool:
         return False
 
 
+@_off_loop
 def qdiscs(ifname: str, netns: NetnsRef | None = None) -> list[str]:
     """The kinds of the qdiscs on ``ifname`` (e.g. ``["tbf"]`` or ``["noqueue"]``)."""
     with _iproute(netns) as ipr, _op("dump qdiscs", ifname):
@@ -375,6 +427,7 @@ def qdiscs(ifname: str, netns: NetnsRef | None = None) -> list[str]:
         return [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index)]
 
 
+@_off_loop
 def tc_filters(ifname: str, parent: int, netns: NetnsRef | None = None) -> list[str]:
     """The kinds of the tc filters attached under ``parent`` on ``ifname``."""
     with _iproute(netns) as ipr, _op("dump filters", ifname):
@@ -383,6 +436,7 @@ def tc_filters(ifname: str, parent: int, netns: NetnsRef | None = None) -> list[
                 if f.get_attr("TCA_KIND")]
 
 
+@_off_loop
 def tc_classes(ifname: str, netns: NetnsRef | None = None) -> list[int]:
     """The handles of the tc classes on ``ifname``."""
     with _iproute(netns) as ipr, _op("dump classes", ifname):
@@ -390,6 +444,7 @@ def tc_classes(ifname: str, netns: NetnsRef | None = None) -> list[int]:
         return [int(c["handle"]) for c in ipr.get_classes(index)]
 
 
+@_off_loop
 def htb_classid_shaping(ifname: str, classid: int, rate_bits: int, prog_fd: int,
                         netns: NetnsRef | None = None) -> None:
     """An htb root ``major:`` with class ``classid`` at ``rate_bits`` and a bpf filter.
