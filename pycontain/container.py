@@ -46,6 +46,7 @@ from pycontain.errors import (
     NotFound,
     PycontainError,
     Timeout,
+    kernel_error,
 )
 from pycontain.statedir import ensure_dir, read_json, state_dir, store_dir, validate_name, write_json
 
@@ -247,12 +248,16 @@ class Container:
 
     def _reserve(self) -> None:
         """Claim the name in the state directory (atomically: mkdir)."""
-        ensure_dir(_containers_dir())
         try:
+            ensure_dir(_containers_dir())
             os.mkdir(self._state_path, 0o700)
         except FileExistsError:
             raise AlreadyExists("a container of that name exists", field="name", value=self.name,
                                 hint="pick another name, or remove the old one: pycontain rm NAME") from None
+        except OSError as e:
+            raise kernel_error("mkdir", e.errno or errno.EACCES, path=self._state_path,
+                               hint="containers need root (or set PYCONTAIN_STATE_DIR to a writable "
+                                    "directory); pycontain.doctor() says what this host allows") from None
         self._save()
 
     def _save(self, **extra: Any) -> None:

@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from pycontain.errors import InvalidArgument, PycontainError
+from pycontain.errors import PycontainError
 from pycontain.notebook.cell import CellEvents, RemoteCellError, cell_main, format_failed, pickle_inputs
 from pycontain.units import format_size
 
@@ -110,8 +110,9 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         container = Container(
             image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, network=args.net,
         )
-    except InvalidArgument as e:
-        raise UsageError(str(e)) from None
+    except PycontainError as e:
+        _explain_start_failure(e)
+        raise
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     event_r, event_w = os.pipe()
@@ -125,6 +126,10 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
                 cell_main, (cell, blob, out_names, event_w, namespace),
                 stdout=stdout_w, stderr=stderr_w, pass_fds=(event_w,),
             )
+        except BaseException as e:
+            container.remove(force=True)
+            _explain_start_failure(e)
+            raise
         finally:
             for fd in (stdout_w, stderr_w, event_w):
                 os.close(fd)
@@ -208,8 +213,9 @@ def _start_persistent(args: Any) -> _Persistent:
     try:
         container = Container(image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
                               network=args.net, name=args.name)
-    except InvalidArgument as e:
-        raise UsageError(str(e)) from None
+    except PycontainError as e:
+        _explain_start_failure(e)
+        raise
     req_r, req_w = os.pipe()
     ev_r, ev_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -218,10 +224,11 @@ def _start_persistent(args: Any) -> _Persistent:
         os.set_inheritable(fd, False)
     try:
         container.start_python(cell_server, (req_r, ev_w), stdout=out_w, stderr=err_w, pass_fds=(req_r, ev_w))
-    except BaseException:
+    except BaseException as e:
         for fd in (req_w, ev_r, out_r, err_r):
             os.close(fd)
         container.remove(force=True)
+        _explain_start_failure(e)
         raise
     finally:
         for fd in (req_r, ev_w, out_w, err_w):
@@ -302,6 +309,23 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _explain_start_failure(error: BaseException) -> None:
+    """A host that cannot isolate (not root, seccomp refusing unshare/mount,
+    as on Binder) gets one clear message that points at doctor(), not a
+    kernel error from deep inside."""
+    from pycontain.errors import PermissionDenied
+
+    if isinstance(error, PermissionDenied) or (isinstance(error, PycontainError)
+                                               and getattr(error, "errno", None) in (1, 13)):
+        raise UsageError(
+            "pycontain cannot make a container on this host: "
+            f"{getattr(error, 'message', str(error))} ({getattr(error, 'op', None) or 'setup'} was refused). "
+            "Run pycontain.doctor() to see what this host can isolate and why not."
+        ) from None
+    if isinstance(error, PycontainError):
+        raise UsageError(str(error)) from None
 
 
 def _writer(stream: Any) -> Any:
