@@ -13,8 +13,8 @@ reuses every step before k.
 
 Example::
 
-    img = pycontain.Image.build("FROM host\\nRUN echo hi > /greeting\\nCMD [\\"cat\\", \\"/greeting\\"]",
-                                tag="hello")
+    result = build("./app", tag="app:1")     # ./app/Containerfile
+    result.cached_steps                      # steps that came from the cache
 """
 
 from __future__ import annotations
