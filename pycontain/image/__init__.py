@@ -578,7 +578,7 @@ class Image:
 
         Example::
 
-            img = Image.build("FROM host\nRUN echo hi > /greeting", tag="hello")
+            img = Image.build("./app", tag="app:1")   # ./app/Containerfile
         """
         from pycontain.build import build
 
