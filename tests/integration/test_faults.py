@@ -90,8 +90,8 @@ def test_sigkill_of_the_creator_at_each_step_is_collected(point, storage_size, b
         # Calibration: the crash really left pieces behind for GC to find.
         assert left.get("state") == [name], left
         assert left.get("rootfs"), left
-        if point != "after_rootfs":
-            assert left.get("cgroups"), left
+        # (Not asserted for the cgroup: any pycontain process on the host that
+        # starts a container may collect it first, its creator being dead.)
         if point not in ("after_rootfs", "after_cgroup"):
             assert left.get("netns") and left.get("mounts"), left
         if storage_size != "-":
