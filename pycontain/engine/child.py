@@ -221,6 +221,27 @@ def _fix_stdio(spec: ChildSpec, keep: set[int]) -> None:
     os.closerange(top + 1, _FD_CEILING)
 
 
+def _chdir(path: str) -> None:
+    """chdir after the fds were closed, and refuse a directory outside our root.
+
+    A cwd of ``/proc/self/fd/N`` through an fd leaked from the caller would
+    be a directory of the host (runc's CVE-2024-21626): with the fds closed
+    it no longer resolves; and getcwd(2) calls a directory outside the root
+    "(unreachable)" (glibc: ENOENT), which is refused as well.
+    """
+    try:
+        os.chdir(path)
+    except OSError as e:
+        raise _os_error("chdir", e, path) from None
+    try:
+        where = os.getcwd()
+    except OSError:
+        where = "(unreachable)"
+    if not where.startswith("/"):
+        raise kernel_error("chdir", errno.EPERM, path=path,
+                           detail="the directory is outside the root (CVE-2024-21626)")
+
+
 def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
     assert spec.argv is not None
     program = spec.argv[0]
@@ -401,17 +422,14 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
         # 6. the rest of the setup, in the final process.
         if spec.hostname is not None:
             syscalls.sethostname(spec.hostname)
-        if spec.cwd is not None:
-            try:
-                os.chdir(spec.cwd)
-            except OSError as e:
-                raise _os_error("chdir", e, spec.cwd) from None
         if spec.preexec is not None:
             spec.preexec()
         keep = set(spec.pass_fds) | {ch.status}
         if ch.result is not None:
             keep.add(ch.result)
         _fix_stdio(spec, keep)
+        if spec.cwd is not None:
+            _chdir(spec.cwd)
         if spec.target is not None:
             _run_target(spec, ch, pickler)
         _exec(spec, env)

@@ -552,3 +552,18 @@ def test_affinity_applies_before_exec() -> None:
     with pytest.raises(KernelError) as info:
         start(ChildSpec(argv=["true"], affinity={4095}))
     assert info.value.op == "sched_setaffinity"
+
+
+def test_cwd_through_a_leaked_fd_is_refused(tmp_path: object) -> None:
+    # runc's CVE-2024-21626: a workdir of /proc/self/fd/N must not reach a
+    # directory fd of the caller; the engine closes fds before chdir.
+    fd = os.open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(KernelError) as info:
+            start(ChildSpec(argv=["pwd"], cwd=f"/proc/self/fd/{fd}"))
+        assert info.value.op == "chdir"
+        # passed on purpose, it is the caller's choice
+        code, out = run_capture(argv=["pwd"], cwd=f"/proc/self/fd/{fd}", pass_fds=[fd])
+        assert (code, out) == (0, f"{tmp_path}\n")
+    finally:
+        os.close(fd)
