@@ -94,7 +94,8 @@ class ChildSpec:
         affinity: CPUs the child may run on (sched_setaffinity(2)), set first;
             None keeps the caller's.
         preexec: a callable run in the final process after the namespace
-            setup, just before exec/target (e.g. mounts); exceptions raised
+            setup and hostname, before the fds are closed, ``cwd`` is entered
+            and exec/target run (e.g. mounts, pivot_root); exceptions raised
             there reach the caller of ``start``.
 
     Raises:
