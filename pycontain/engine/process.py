@@ -64,6 +64,14 @@ def _pipe() -> tuple[int, int]:
     return out[0], out[1]
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 def _kill_and_reap(pid: int, reaper: Any = None) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -329,6 +337,11 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     """
     if not isinstance(spec, ChildSpec):
         raise InvalidArgument("start() takes a ChildSpec", field="spec", value=spec)
+    for name, fds in (("stdin", [spec.stdin]), ("stdout", [spec.stdout]), ("stderr", [spec.stderr]),
+                      ("pass_fds", list(spec.pass_fds))):
+        for fd in fds:
+            if fd is not None and not _is_open(fd):
+                raise InvalidArgument("not an open file descriptor", field=name, value=fd)
     if _ORPHANS:
         _reap_orphans()
     env = dict(os.environ) if spec.env is None else dict(spec.env)

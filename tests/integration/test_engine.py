@@ -567,3 +567,15 @@ def test_cwd_through_a_leaked_fd_is_refused(tmp_path: object) -> None:
         assert (code, out) == (0, f"{tmp_path}\n")
     finally:
         os.close(fd)
+
+
+def test_closed_fds_are_invalid_arguments() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(InvalidArgument) as info:
+        start(ChildSpec(argv=["true"], stdout=w))
+    assert info.value.field == "stdout" and info.value.value == w
+    with pytest.raises(InvalidArgument) as info:
+        start(ChildSpec(argv=["true"], pass_fds=[r]))
+    assert info.value.field == "pass_fds"
