@@ -39,9 +39,11 @@ def prepare(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp_s
     drop = [c for c in cap_drop if c != "ALL"]
     keep: Iterable[str] = DOCKER_DEFAULT_CAPS
     if "ALL" in cap_add:
-        from pycontain.kernel.constants import CAPABILITIES
+        # Every capability this process holds (a VM's or a container's root
+        # may lack some, e.g. CAP_SYS_RESOURCE): asking for more is refused.
+        from pycontain.kernel import syscalls
 
-        keep = CAPABILITIES
+        keep = tuple(syscalls.cap_names(syscalls.capget()[1]))
     if "ALL" in cap_drop:
         keep = ()
     caps = capabilities.resolve_capabilities(keep, add, drop)
