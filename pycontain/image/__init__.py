@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -37,7 +38,7 @@ from pycontain.backends.storage_store import (
     canonical_json,
 )
 from pycontain.backends.tarsafe import Limits
-from pycontain.errors import Busy, InvalidArgument, NotFound, Unsupported
+from pycontain.errors import Busy, InvalidArgument, NotFound, PycontainError, Unsupported, kernel_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -233,11 +234,19 @@ class Layer:
         if not os.path.isdir(src):
             raise InvalidArgument("not a directory", field="path", value=src, op="Layer.from_dir")
         st = _store(store)
-        st.ensure()
-        with tempfile.TemporaryFile(dir=st.tmp_dir) as f:
-            storage_tar.write_tree(src, f, overlay=True)
-            f.seek(0)
-            rec = st.add_layer(f)  # type: ignore[arg-type]
+        try:
+            st.ensure()
+            with tempfile.TemporaryFile(dir=st.tmp_dir) as f:
+                storage_tar.write_tree(src, f, overlay=True)
+                f.seek(0)
+                rec = st.add_layer(f)  # type: ignore[arg-type]
+        except PycontainError:
+            raise
+        except OSError as e:
+            # A full or read-only store: a typed error that says where, not a bare OSError.
+            raise kernel_error("Layer.from_dir", e.errno or errno.EIO, path=st.root,
+                               hint="free space in the image store (PYCONTAIN_STORE) or move it"
+                               if e.errno == errno.ENOSPC else None) from None
         return cls(rec, st)
 
     @classmethod

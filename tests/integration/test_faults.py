@@ -285,8 +285,6 @@ def test_full_disk_in_start_and_commit_is_a_typed_error(tmp_path, _private_state
     assert len(out["left"]) == 1, out  # only the first container's: the failed start left none
 
 
-@pytest.mark.xfail(strict=True, reason="pycontain.image: Layer.from_dir lets a bare OSError(ENOSPC) "
-                                       "escape from tempfile/add_layer (reported to its owner)")
 def test_full_disk_in_image_import_is_a_typed_error(tmp_path, _private_state):
     _typed_enospc(_full_disk(tmp_path, "1m")["image"])
 
