@@ -105,6 +105,9 @@ def cases(ws: Workspace) -> list[Case]:
                     ws,
                 )
             )
+        out.append(_simple("launcher: /bin/true", group, ["/bin/true"],
+                           "reference: the launcher every command pays (vfork + nsenter + exec), host's /bin/true",
+                           "host", ws))
         python = sys.executable
         out.append(_simple("python3 -I -S -c pass", group, [python, "-I", "-S", "-c", "pass"], "reference: interpreter floor", "host", ws))
         out.append(_simple("python3 -c pass", group, [python, "-c", "pass"], "reference: interpreter with site", "host", ws))

@@ -12,15 +12,19 @@ A :class:`Workspace` owns everything one benchmark run makes:
   storage.conf under the workspace: nothing touches the host's podman store),
   with the rootfs imported as ``localhost/pycontain-bench/busybox``;
 * the bwrap command line;
-* a private mount namespace where ``/sys/fs/cgroup/unified`` is covered by a
-  tmpfs. crun 1.8 refuses hybrid cgroups ("cgroups in hybrid mode not
-  supported, drop all controllers from cgroupv2"); in that namespace it sees
-  pure v1. crun, and podman (which runs crun), run there; the tmpfs exists in
-  no other namespace. The namespace is kept alive by an open fd, and every
-  command that needs it joins it with setns(2) between fork and exec.
+* a private mount namespace whose ``/sys/fs/cgroup`` shows the v1
+  hierarchies only (``unified`` covered by a tmpfs): crun 1.8 refuses hybrid
+  cgroups ("cgroups in hybrid mode not supported, drop all controllers from
+  cgroupv2"); there it sees pure v1. crun, and podman (which runs crun), run
+  there; those mounts exist in no other namespace. The namespace is kept
+  alive by an open fd.
 
-Every command of every peer is started the same way (fork, a tiny
-``preexec_fn``, exec), so the launch cost is the same for all of them.
+Every command of every peer is started the same way: ``nsenter
+--mount=<fd> --wd=<dir> -- argv``, spawned with vfork from Python, where the
+fd is the private namespace for crun and podman and the harness's own mount
+namespace for everyone else. So the launch cost (~2 ms, measured as the
+``launcher`` case) is the same for all, and it does not grow with the
+harness's own memory, as a fork of this big Python process would (~10 ms).
 
 ``Workspace.close()`` removes all of it: containers (``delete -f``, ``rm -f``),
 the podman store, the namespace, the files, and every cgroup directory under
@@ -32,8 +36,6 @@ like to create (``/run/crun``, ``/run/runc``, ``/run/libpod``,
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import glob
 import json
@@ -68,9 +70,6 @@ HOST_PATHS = ("/run/crun", "/run/runc", "/run/libpod", "/var/lib/containers", "/
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
 WORK_PARENT = "/var/tmp"
 
-_CLONE_NEWNS = 0x00020000
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 class PeerError(RuntimeError):
@@ -285,6 +284,7 @@ class Workspace:
     cgroup_parent: str = ""
     mode: str = ""
     _ns_fd: int | None = None
+    _host_fd: int | None = None
     _started: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _closers: list[Callable[[], None]] = field(default_factory=list)
     _host_before: dict[str, bool] = field(default_factory=dict)
@@ -317,6 +317,7 @@ class Workspace:
         with tarfile.open(self.tarball, "w") as tar:
             for entry in sorted(os.listdir(self.rootfs)):
                 tar.add(os.path.join(self.rootfs, entry), arcname=entry)
+        self._host_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._open_namespace()
         return self
 
@@ -414,9 +415,10 @@ class Workspace:
             with contextlib.suppress(Exception):
                 p.wait(timeout=10)
         self._started.clear()
-        if self._ns_fd is not None:
-            os.close(self._ns_fd)
-            self._ns_fd = None
+        for fd in (self._ns_fd, self._host_fd):
+            if fd is not None:
+                os.close(fd)
+        self._ns_fd = self._host_fd = None
         if self.root:
             _rmtree(self.root, self.log)
         self._remove_cgroups()
@@ -520,19 +522,17 @@ class Workspace:
 
     # -- running commands ---------------------------------------------------
 
-    def _preexec(self, view: str, cwd: str) -> Callable[[], None]:
-        fd = self._ns_fd
+    def launch_argv(self, argv: Sequence[str], view: str = "host") -> tuple[list[str], tuple[int, ...]]:
+        """``argv`` wrapped in the common launcher, and the fds to pass to it.
 
-        def enter_private() -> None:
-            # Between fork and exec, in the single-threaded child.
-            if fd is not None and _libc.setns(fd, _CLONE_NEWNS) != 0:
-                os._exit(121)
-            os.chdir(cwd)  # setns(CLONE_NEWNS) moved cwd to the namespace's root
-
-        def nothing() -> None:
-            os.chdir(cwd)  # same fork path and cost for every peer
-
-        return enter_private if view == "private" else nothing
+        ``view="private"``: the private mount namespace (crun, podman);
+        ``"host"``: this process's own. Every peer pays the same launcher.
+        """
+        fd = self._ns_fd if view == "private" else self._host_fd
+        if fd is None:
+            raise PeerError("the workspace is not open")
+        cwd = self.root or "/"
+        return ["nsenter", f"--mount=/proc/self/fd/{fd}", f"--wd={cwd}", "--", *argv], (fd,)
 
     def run(
         self,
@@ -555,13 +555,14 @@ class Workspace:
         errfile = None
         if detached:
             errfile = open(os.path.join(self.root, "tmp", "detached.err"), "w+b")
+        full, fds = self.launch_argv(argv, view)
         try:
             proc = subprocess.run(
-                list(argv),
+                full,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture and not detached else subprocess.DEVNULL,
                 stderr=errfile if errfile is not None else subprocess.PIPE,
-                preexec_fn=self._preexec(view, cwd),
+                pass_fds=fds,
                 cwd=cwd,
                 timeout=timeout,
                 env=env,
@@ -579,14 +580,14 @@ class Workspace:
 
     def spawn(self, argv: Sequence[str], *, view: str = "host") -> subprocess.Popen[bytes]:
         """Start ``argv`` in the background; close() kills it and its descendants."""
-        cwd = self.root or "/"
+        full, fds = self.launch_argv(argv, view)
         p = subprocess.Popen(
-            list(argv),
+            full,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=self._preexec(view, cwd),
-            cwd=cwd,
+            pass_fds=fds,
+            cwd=self.root or "/",
         )
         self._started.append(p)
         return p

@@ -195,8 +195,9 @@ private mount namespace whose `/sys/fs/cgroup` shows the v1 hierarchies only (a 
 `unified`), because crun 1.8 refuses this host's hybrid cgroups; every container gets
 pid/net/ipc/uts/mnt namespaces and a cgroup under `/pycontain/bench-<pid>`; podman has a private
 store, `--network=none`, cgroupfs and file events. Every command is started the same way
-(fork + exec from Python), so the launch cost is shared. Groups other than the peers' come from
-other `bench_*.py` modules (cgroups, networking) and have their own baselines.
+(vfork + `nsenter` + exec), so the launch cost is shared; the `launcher: /bin/true` row shows
+it. Groups other than the peers' come from other `bench_*.py` modules (cgroups, networking) and
+have their own baselines.
 
 ## Latest results
 
