@@ -88,7 +88,9 @@ class ContainerMagics(Magics):
             print(f"stopped {name}")
             return None
         if rest in ([], ["ls"]):
-            return self.containers()
+            import pycontain
+
+            return pycontain.containers()
         raise UsageError("usage: %container stop NAME | %container ls")
 
 
