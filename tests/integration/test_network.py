@@ -496,7 +496,18 @@ def test_prepare_endpoint_makes_netns_network_and_ports(net: pcnet.Network) -> N
         assert f"{att.ip}\tweb" in att.hosts_file("web").splitlines()
         assert f"{att.ip}\talias" in att.hosts_file("alias").splitlines()
         server = run_in(att.netns_path, _echo_server, 80)
-        assert _ask(("127.0.0.1", host_port), b"x") == b"pong:x"
+        # The proxy accepts at once; until the server inside listens, it
+        # resets the connection. Ask again until the server answers.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                reply = _ask(("127.0.0.1", host_port), b"x")
+            except ConnectionResetError:
+                reply = b""
+            if reply or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert reply == b"pong:x"
         server.result(timeout=10)
         counters = att.counters()
         assert counters is not None and counters["rx_bytes"] > 0 and counters["tx_bytes"] > 0
