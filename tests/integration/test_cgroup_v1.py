@@ -57,7 +57,7 @@ def test_net_cls_and_net_prio_classify_real_traffic() -> None:
     ns_b, dev = f"pcg-b-{tag}", f"pcg{tag}"
     mounted_before = [cgroupfs.is_mount_point(p) for p in _NET_MOUNTS]
     # `ip netns add` makes /run/netns a mount point the first time; undo that below.
-    netns_dir_was_mount = os.path.ismount("/run/netns")
+    netns_dir_was_mount = cgroupfs.is_mount_point("/run/netns")
     _sh("ip", "netns", "add", ns_b)
     try:
         # net_prio.ifpriomap only knows interfaces of the initial network
@@ -93,7 +93,7 @@ def test_net_cls_and_net_prio_classify_real_traffic() -> None:
         packets = _class_packets(dev)
     finally:
         _sh("ip", "netns", "del", ns_b)  # takes the veth pair with it
-        if not netns_dir_was_mount and os.path.ismount("/run/netns") and not os.listdir("/run/netns"):
+        if not netns_dir_was_mount and cgroupfs.is_mount_point("/run/netns") and not os.listdir("/run/netns"):
             subprocess.run(["umount", "/run/netns"], check=False)
     # net_cls: the classid process's 200 packets, and only those, hit 1:10.
     assert 200 <= packets["1:10"] <= 205, packets
