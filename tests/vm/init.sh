@@ -46,8 +46,20 @@ mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 $N/sys/fs/cgroup || 
 mkdir -p $N/dev/pts $N/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts $N/dev/pts || die "mount devpts"
 mount -t tmpfs -o mode=1777,nosuid,nodev shm $N/dev/shm || die "mount /dev/shm"
+# The project may live under /tmp or /run (a CI clone can be anywhere): keep
+# its view of the overlay before fresh tmpfs cover those directories.
+KEEP=
+case "$PROJECT" in
+/tmp/* | /run/*)
+    mkdir -p /keep && mount --bind "$N$PROJECT" /keep || die "bind the project dir $PROJECT"
+    KEEP=1
+    ;;
+esac
 mount -t tmpfs -o mode=1777,nosuid,nodev tmp $N/tmp || die "mount /tmp"
 mount -t tmpfs -o mode=0755,nosuid,nodev run $N/run || die "mount /run"
+if [ -n "$KEEP" ]; then
+    mkdir -p "$N$PROJECT" && mount --move /keep "$N$PROJECT" || die "move the project dir back"
+fi
 mkdir -p $N/run/pycontain-vm/out
 mount --move /out $N/run/pycontain-vm/out || die "move the output share"
 
