@@ -89,11 +89,116 @@ def _engine_cgroup_case(ws: Workspace, group: str) -> Case:
                 note="Cgroup(new) + cg.run(['/bin/true'], new=5 namespaces, wait) + remove(); in-process")
 
 
+def _pycontain_env(ws: Workspace) -> None:
+    """pycontain's state and image store inside the workspace (removed with it)."""
+    os.environ["PYCONTAIN_STATE_DIR"] = os.path.join(ws.root, "pycontain-state")
+    os.environ["PYCONTAIN_STORE"] = os.path.join(ws.root, "pycontain-store")
+
+
+_IMAGE: dict[str, Any] = {}
+
+
+def _busybox_image(ws: Workspace) -> Any:
+    """The peers' busybox rootfs as a pycontain image (one layer), made once."""
+    from pycontain import Image
+
+    _pycontain_env(ws)
+    if "img" not in _IMAGE:
+        _IMAGE["img"] = Image.from_rootfs(ws.rootfs, tag="pycontain-bench/busybox:latest")
+    return _IMAGE["img"]
+
+
 def _container_start(ws: Workspace, group: str) -> Case:
-    # Fill in when pycontain.Container exists: the same work as the peers,
-    # /bin/true in ws.rootfs with pid/net/ipc/uts/mnt namespaces and a cgroup
-    # under ws.cgroup_parent, removed after each run.
-    return skipped("pycontain", group, f"{NOT_YET}: fill in bench_pycontain._container_start")
+    """The peers' work: /bin/true in the busybox rootfs, with pid/net/ipc/uts/mnt
+    (and cgroup) namespaces, a cgroup, an overlay root and the hardening;
+    everything removed after each run."""
+    from pycontain import Container
+
+    def run() -> None:
+        c = Container(image=_busybox_image(ws), command=["/bin/true"])
+        try:
+            c.start()
+            status = c.wait()
+        finally:
+            c.remove(force=True)
+        if status != 0:
+            raise RuntimeError(f"/bin/true exited {status}")
+
+    return Case("pycontain", group, run=run, setup=lambda: _busybox_image(ws), before=_gap_for(group), warmup=2,
+                note="Container(image=busybox, command=['/bin/true']).start(); wait(); remove() - in-process")
+
+
+def _exec_case(ws: Workspace) -> Case:
+    from pycontain import Container
+
+    holder: dict[str, Any] = {}
+
+    def setup() -> None:
+        if "c" not in holder:
+            holder["c"] = Container(image=_busybox_image(ws), command=["sleep", "3600"]).start()
+
+    def teardown() -> None:
+        c = holder.pop("c", None)
+        if c is not None:
+            c.remove(force=True)
+
+    def run() -> None:
+        status = holder["c"].exec(["/bin/true"])
+        if status != 0:
+            raise RuntimeError(f"exec /bin/true exited {status}")
+
+    ws.on_close(teardown)
+    return Case("pycontain", "exec", run=run, setup=setup, teardown=teardown, warmup=2,
+                note="Container.exec(['/bin/true']) into a running busybox container - in-process")
+
+
+def _memory_case(ws: Workspace) -> Case:
+    """Pss per running container, as bench_memory measures the peers: the
+    engine's relay (outside the pid namespace), PID 1 (pycontain's init) and
+    the workload."""
+    from benchmarks.bench_memory import SLEEP, N, _measure
+    from pycontain import Container
+
+    def run() -> Any:
+        containers = [Container(image=_busybox_image(ws), command=SLEEP) for _ in range(N)]
+        try:
+            roots: list[int] = []
+            for c in containers:
+                c.start()
+                assert c._child is not None
+                roots.append(c._child.relay_pid)
+            return _measure(roots)
+        finally:
+            for c in containers:
+                c.remove(force=True)
+
+    return Case("pycontain", "memory", run=run, setup=lambda: _busybox_image(ws), unit="MiB", repeat=5,
+                note="Container(command=sleep) x5: relay + PID 1 (init) + sleep; Pss per container")
+
+
+def _build_case(ws: Workspace, cold: bool) -> Case:
+    from benchmarks.bench_build import write_context
+    from pycontain.build import build
+
+    ctx: list[str] = []
+
+    def setup() -> None:
+        _busybox_image(ws)
+        if not ctx:
+            path = write_context(ws) + "-pycontain"
+            os.makedirs(path, exist_ok=True)
+            with open(os.path.join(path, "Containerfile"), "w") as f:
+                f.write("FROM pycontain-bench/busybox:latest\nRUN echo built > /built.txt\n"
+                        "COPY payload.txt /payload.txt\n")
+            with open(os.path.join(path, "payload.txt"), "w") as f:
+                f.write("payload\n" * 64)
+            ctx.append(path)
+
+    def run() -> None:
+        build(ctx[0], tag="pycontain-bench/built:latest", progress=False, no_cache=cold)
+
+    return Case("pycontain", "build-cold" if cold else "build-cached", run=run, setup=setup, repeat=10,
+                note="pycontain.build (" + ("no_cache: 3 steps run" if cold else "3 steps cached") + ")")
 
 
 def _stats_cases(ws: Workspace) -> list[Case]:
@@ -189,10 +294,11 @@ def cases(ws: Workspace) -> list[Case]:
             "pycontain engine + cgroup (no rootfs)", group, f"{NOT_YET}: pycontain.engine or Cgroup is missing"))
         out.append(_container_start(ws, group) if has_container else skipped(
             "pycontain", group, f"{NOT_YET}: pycontain.Container is missing"))
-    for group in ("exec", "memory", "build-cold", "build-cached"):
-        unit = "MiB" if group == "memory" else "ms"
-        needs = "pycontain.Image" if group.startswith("build") else "pycontain.Container"
-        out.append(skipped("pycontain", group, f"{NOT_YET}: needs {needs}; fill in bench_pycontain", unit=unit))
+    if has_container:
+        out.append(_exec_case(ws))
+        out.append(_build_case(ws, cold=True))
+        out.append(_build_case(ws, cold=False))
+        out.append(_memory_case(ws))
     if _has("pycontain.cgroup", "Cgroup"):
         out.extend(_stats_cases(ws))
     else:
