@@ -389,14 +389,10 @@ class Cgroup:
         self._writable("call")
         from pycontain.engine import ChildSpec, start
 
-        child = start(ChildSpec(target=fn, args=args, kwargs=kwargs,
-                                cgroup_procs=tuple(self._group.procs_files())))
-        try:
+        # Leaving the with block kills a child that outlived the timeout.
+        with start(ChildSpec(target=fn, args=args, kwargs=kwargs,
+                             cgroup_procs=tuple(self._group.procs_files()))) as child:
             return child.result(timeout)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                child.wait()
 
     def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Child:
         """Like :meth:`call` but returns the running :class:`~pycontain.engine.Child` at once;

@@ -671,13 +671,10 @@ class Container:
         from pycontain.engine import ChildSpec, start
 
         setup = _ExecSetup(self._exec_confinement(None))
-        child = start(ChildSpec(target=fn, args=args, kwargs=kwargs, preexec=setup.enter, **self._join_spec()))
-        try:
+        # Leaving the with block kills a child that outlived the timeout.
+        with start(ChildSpec(target=fn, args=args, kwargs=kwargs, preexec=setup.enter,
+                             **self._join_spec())) as child:
             return child.result(timeout)
-        finally:
-            if child.returncode is None:
-                child.kill()
-                child.wait()
 
     def _exec_confinement(self, workdir: str | None) -> Any:
         import dataclasses
@@ -1418,16 +1415,10 @@ def _prepare_network(container: Container) -> Any:
 # -- listing -------------------------------------------------------------------------------------------
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _alive(pid: Any) -> bool:
+    from pycontain.kernel.proc import process_exists
+
+    return process_exists(pid)
 
 
 def _iter_states() -> Iterator[dict[str, Any]]:

@@ -97,15 +97,9 @@ def parse_key(key: str) -> tuple[str, str, int | None] | None:
 
 
 def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from pycontain.kernel.proc import process_exists
+
+    return process_exists(pid)
 
 
 def _containers_dir() -> str:

@@ -149,6 +149,19 @@ def namespace_ids(pid: int | str) -> dict[str, NamespaceId]:
     return out
 
 
+def process_exists(pid: object) -> bool:
+    """True while process ``pid`` exists (a zombie counts); False for junk like None or 0."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True
+
+
 def pids() -> list[int]:
     """Every process id visible in /proc, ascending."""
     return sorted(int(name) for name in os.listdir(PROC) if name.isdigit())
