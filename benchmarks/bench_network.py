@@ -149,11 +149,13 @@ def cases(ws: Any = None) -> list[Case]:
     def start_none() -> None:
         path = os.path.join(env.tmp, "start-none.netns")
         child = start(ChildSpec(target=_idle, new={"net"}, persist={"net": path}))
-        child.result(timeout=10)
         from pycontain.kernel import nsfs
 
-        setup_loopback(path)
-        nsfs.unbind_namespace(path)
+        try:
+            child.result(timeout=10)
+            setup_loopback(path)
+        finally:
+            nsfs.unbind_namespace(path)
 
     def start_bridge() -> None:
         from pycontain.kernel import nsfs
@@ -161,11 +163,16 @@ def cases(ws: Any = None) -> list[Case]:
         env.counter += 1
         path = os.path.join(env.tmp, "start-bridge.netns")
         child = start(ChildSpec(target=_idle, new={"net"}, persist={"net": path}))
-        child.result(timeout=10)
-        ep = env.net.attach(path, name=f"s{env.counter}")
-        env.net.hosts_file()
-        env.net.detach(ep)
-        nsfs.unbind_namespace(path)
+        try:
+            child.result(timeout=10)
+            ep = env.net.attach(path, name=f"s{env.counter}")
+            try:
+                env.net.hosts_file()
+            finally:
+                env.net.detach(ep)
+        finally:
+            # Even when a step fails, the namespace file goes: no nsfs mount is left.
+            nsfs.unbind_namespace(path)
 
     def tp_setup() -> None:
         env.up()
