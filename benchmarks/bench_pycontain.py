@@ -102,7 +102,6 @@ def _busybox_image(ws: Workspace) -> Any:
     """The peers' busybox rootfs as a pycontain image (one layer), made once."""
     from pycontain import Image
 
-    _pycontain_env(ws)
     if "img" not in _IMAGE:
         _IMAGE["img"] = Image.from_rootfs(ws.rootfs, tag="pycontain-bench/busybox:latest")
     return _IMAGE["img"]
@@ -284,6 +283,9 @@ def _cell_cases(ws: Workspace) -> list[Case]:
 
 
 def cases(ws: Workspace) -> list[Case]:
+    # Set before any case runs: every pycontain object of this run (other
+    # modules' networks and cgroups too) must see one state dir and store.
+    _pycontain_env(ws)
     out: list[Case] = []
     has_engine = _has("pycontain.engine", "start") and _has("pycontain.engine", "ChildSpec")
     has_container = _has("pycontain.container", "Container")
