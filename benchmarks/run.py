@@ -43,7 +43,8 @@ from benchmarks.peers import Workspace, cgroup_dirs, ensure_installed, reap_stal
 
 DEFAULT_OUT = HERE / "results" / "latest"
 DOCS_PAGE = REPO / "docs" / "benchmarks.md"
-GROUP_ORDER = ["start-warm", "start-idle", "exec", "stats", "memory", "build-cold", "build-cached", "cell"]
+GROUP_ORDER = ["start-warm", "start-idle", "exec", "stats", "memory", "build-cold", "build-cached", "cell",
+               "rootfs-create", "pull"]
 GROUP_TITLES = {
     "start-warm": "Container start-to-exit, warm (/bin/true in busybox)",
     "start-idle": "Container start-to-exit after a 0.3 s idle gap",
@@ -53,6 +54,8 @@ GROUP_TITLES = {
     "build-cold": "Image build, 3 steps, no cache",
     "build-cached": "Image build, 3 steps, all cached",
     "cell": "Notebook cell through a real Jupyter kernel",
+    "rootfs-create": "A container's rootfs from a 10 MB and a 1 GB image (prepare + release)",
+    "pull": "Pull busybox + a 32 MB layer from a registry on 127.0.0.1",
 }
 
 
