@@ -23,9 +23,9 @@ def _pycontain_cgroups() -> frozenset[str]:
     out = set()
     for parent in glob.glob("/sys/fs/cgroup/*/pycontain") + glob.glob("/sys/fs/cgroup/pycontain"):
         for dirpath, _dirs, _files in os.walk(parent):
-            # pycontain/containers: the permanent parent of container cgroups
-            # (as /pycontain itself), where garbage collection looks.
-            if dirpath != parent and dirpath != parent + "/containers":
+            # Nested parents such as pycontain/containers go with their last
+            # cgroup, so they count too; only /pycontain itself stays.
+            if dirpath != parent:
                 out.add(dirpath)
     return frozenset(out)
 

@@ -262,8 +262,7 @@ class V1Group:
                     raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
                                         path=d, hint="pick another name, or remove the old cgroup")
             for d in self._unique_dirs():
-                self._make_parents(d)
-                if not cgroupfs.make_dir(d):
+                if not cgroupfs.make_dir_in_parents(d, self._make_parents):
                     raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
                                         path=d, hint="pick another name, or remove the old cgroup")
                 made.append(d)
@@ -545,6 +544,11 @@ class V1Group:
             self.kill(timeout=timeout)
             for d in reversed(self._unique_dirs()):
                 cgroupfs.remove_tree(d, timeout=timeout)  # cgroups made inside ours go first
+                if self.parent and self.name:
+                    # Nested parents (pycontain/containers) go with their last cgroup;
+                    # the top one (pycontain) stays.
+                    root = d[: -len(f"/{self.parent}/{self.name}")]
+                    cgroupfs.remove_empty_parents(d, keep=f"{root}/{self.parent.split('/')[0]}")
         for ctrl, mount in list(self.net_mounts.items()):
             del self.net_mounts[ctrl]
             _release_net_hierarchy(mount, self.parent)

@@ -140,8 +140,7 @@ class V2Group:
         if os.path.isdir(self.path):
             raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
                                 path=self.path, hint="pick another name, or remove the old cgroup")
-        self._make_parents(layout)
-        if not cgroupfs.make_dir(self.path):
+        if not cgroupfs.make_dir_in_parents(self.path, lambda _d: self._make_parents(layout)):
             raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
                                 path=self.path, hint="pick another name, or remove the old cgroup")
         try:
@@ -313,6 +312,10 @@ class V2Group:
             return
         self.kill(timeout=timeout)  # cgroup.kill and "populated" cover the whole subtree
         cgroupfs.remove_tree(self.path, timeout=timeout)  # cgroups made inside ours go first
+        if self.parent and self.name:
+            # Nested parents (pycontain/containers) go with their last cgroup;
+            # the top one (pycontain) stays.
+            cgroupfs.remove_empty_parents(self.path, keep=f"{self.mount.rstrip('/')}/{self.parent.split('/')[0]}")
         # rmdir released the kernel's reference to the program; close ours.
         self._detach_devices()
 

@@ -9,6 +9,7 @@ mount there has no useful controllers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pycontain.kernel.proc import MountInfo, mountinfo
@@ -114,7 +115,7 @@ import errno as _errno  # noqa: E402  (kept next to the code that uses it)
 import os  # noqa: E402
 import stat as _stat  # noqa: E402
 
-from pycontain.errors import NotFound, kernel_error  # noqa: E402
+from pycontain.errors import NotFound, PycontainError, kernel_error  # noqa: E402
 from pycontain.kernel import constants as _C  # noqa: E402
 from pycontain.kernel import syscalls as _sys  # noqa: E402
 
@@ -204,6 +205,42 @@ def remove_dir(path: str) -> bool:
         raise kernel_error("rmdir", e.errno or _errno.EIO, path=path,
                            hint="a cgroup can only be removed once it has no processes and no children"
                            if e.errno == _errno.EBUSY else None) from None
+
+
+def make_dir_in_parents(path: str, make_parents: Callable[[str], None], attempts: int = 3) -> bool:
+    """``make_parents(path)`` then mkdir ``path``; True if we created it.
+
+    Another process removing the last cgroup of a nested parent prunes that
+    parent (:func:`remove_empty_parents`); if it does so between our two
+    steps, mkdir fails with ENOENT and the parents are made again.
+    """
+    for attempt in range(attempts):
+        make_parents(path)
+        try:
+            return make_dir(path)
+        except PycontainError as e:
+            if e.errno != _errno.ENOENT or attempt == attempts - 1:
+                raise
+    return False  # pragma: no cover - the loop returns or raises
+
+
+def remove_empty_parents(path: str, keep: str) -> None:
+    """rmdir the ancestors of ``path`` below ``keep`` (which stays) while they are empty.
+
+    A cgroup made under a nested parent (``pycontain/containers/NAME``) leaves
+    no empty ``containers`` behind when it is the last one. An ancestor that
+    still has children (EBUSY) ends the walk; one already gone (another
+    remover got there first) does not.
+    """
+    parent = os.path.dirname(path)
+    while parent.startswith(keep.rstrip("/") + "/"):
+        try:
+            os.rmdir(parent)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        parent = os.path.dirname(parent)
 
 
 def exists(path: str) -> bool:

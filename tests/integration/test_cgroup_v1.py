@@ -115,3 +115,22 @@ def test_net_limits_need_creation_time() -> None:
 def test_v2_only_choice_is_refused_here() -> None:
     with pytest.raises(Unsupported, match="v1|hybrid"):
         Cgroup(f"t-{uuid.uuid4().hex[:8]}", version="v2")
+
+
+@pytest.mark.v1
+def test_nested_parent_goes_with_its_last_cgroup() -> None:
+    """pycontain/<sub>/NAME: the sub-parent stays while a cgroup uses it and is
+    removed with the last one; the top parent pycontain stays."""
+    tag = uuid.uuid4().hex[:6]
+    parent = f"pycontain/nest-{tag}"
+    a = Cgroup("a", parent=parent)
+    b = Cgroup("b", parent=parent)
+    sub = f"/sys/fs/cgroup/memory/{parent}"
+    a.remove()
+    assert os.path.isdir(sub)
+    b.remove()
+    assert not os.path.exists(sub)
+    assert os.path.isdir("/sys/fs/cgroup/memory/pycontain")
+    with Cgroup("c", parent=parent):  # and it is made again on demand
+        assert os.path.isdir(sub)
+    assert not os.path.exists(sub)
