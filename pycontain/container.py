@@ -1085,10 +1085,6 @@ def _verify_cwd() -> None:
                                     "use a path inside the image")
 
 
-_FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-            signal.SIGWINCH, signal.SIGCONT)
-
-
 def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
                     target: tuple[Callable[..., Any], tuple[Any, ...]] | None, env: dict[str, str],
                     exit_fd: int) -> None:
@@ -1096,15 +1092,17 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
     signals, and leave with the workload's status (also written to
     ``exit_fd``, the state directory's ``exit`` file, for other processes).
     Never returns."""
+    from pycontain.engine.child import exec_argv, forward_signals
+
     os.set_inheritable(exit_fd, False)
+    # Forked before the forwarding handlers exist: the workload keeps the
+    # default dispositions the engine reset.
     workload = os.fork()
     if workload == 0:
         try:
             os.close(exit_fd)
-            for sig in _FORWARD:
-                signal.signal(sig, signal.SIG_DFL)
             if argv is not None:
-                _exec_argv(argv, env)
+                exec_argv(argv, env)
             assert target is not None
             fn, args = target
             result = fn(*args)
@@ -1123,12 +1121,7 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
                 pass
             os._exit(code)
 
-    def forward(sig: int, _frame: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.kill(workload, sig)
-
-    for sig in _FORWARD:
-        signal.signal(sig, forward)
+    forward_signals(workload)
     # Don't hold the workload's stdio open: a reader waiting for EOF on the
     # workload's output must see it when the workload's side closes.
     with contextlib.suppress(OSError):
@@ -1150,19 +1143,6 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
     with contextlib.suppress(OSError):
         os.write(exit_fd, b"%d\n" % status)
     os._exit(status)
-
-
-def _exec_argv(argv: tuple[str, ...], env: dict[str, str]) -> None:
-    program = argv[0]
-    paths = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
-    last: OSError | None = None
-    for path in paths:
-        try:
-            os.execve(path, list(argv), env)
-        except OSError as e:
-            if last is None or last.errno == errno.ENOENT:
-                last = e
-    raise last if last is not None else FileNotFoundError(errno.ENOENT, "not found", program)
 
 
 # -- root filesystem and network preparation (caller side) ------------------------------------------------

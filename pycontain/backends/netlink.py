@@ -74,26 +74,34 @@ def _open_netns(ref: NetnsRef) -> int:
 
 def _socket_in(fd: int) -> socket.socket:
     """A NETLINK_ROUTE socket that lives in the network namespace behind ``fd``."""
+
+    def make() -> socket.socket:
+        syscalls.setns(fd, C.CLONE_NEWNET)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+    # The thread ends after it; its changed namespace ends with it.
+    return _on_thread(make, "pycontain-netns")
+
+
+_T = TypeVar("_T")
+
+
+def _on_thread(fn: Callable[[], _T], name: str) -> _T:
+    """Run ``fn`` on a short-lived thread; return its value or raise its error here."""
     box: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            syscalls.setns(fd, C.CLONE_NEWNET)
-            box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+            box["value"] = fn()
         except BaseException as e:  # handed to the caller's thread below
             box["error"] = e
-        # The thread ends here; its changed namespace ends with it.
 
-    t = threading.Thread(target=run, name="pycontain-netns", daemon=True)
+    t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
     t.join()
     if "error" in box:
         raise box["error"]
-    sock: socket.socket = box["sock"]
-    return sock
-
-
-_T = TypeVar("_T")
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def _off_loop(fn: Callable[..., _T]) -> Callable[..., _T]:
@@ -113,20 +121,7 @@ def _off_loop(fn: Callable[..., _T]) -> Callable[..., _T]:
             asyncio.get_running_loop()
         except RuntimeError:
             return fn(*args, **kwargs)
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["value"] = fn(*args, **kwargs)
-            except BaseException as e:  # handed to the caller's thread below
-                box["error"] = e
-
-        t = threading.Thread(target=run, name="pycontain-netlink", daemon=True)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        return _on_thread(lambda: fn(*args, **kwargs), "pycontain-netlink")
 
     return call
 

@@ -26,6 +26,7 @@ import pickle
 import select
 import signal
 import traceback
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pycontain.engine.spec import ChildSpec
@@ -244,7 +245,12 @@ def _chdir(path: str) -> None:
 
 def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
     assert spec.argv is not None
-    program = spec.argv[0]
+    exec_argv(spec.argv, env)
+
+
+def exec_argv(argv: Sequence[str], env: dict[str, str]) -> NoReturn:
+    """execve ``argv`` with a PATH lookup in ``env`` (like execvpe); raises the typed error."""
+    program = argv[0]
     if "/" in program:
         candidates = [program]
     else:
@@ -252,7 +258,7 @@ def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
     first_error: OSError | None = None
     for path in candidates:
         try:
-            os.execve(path, list(spec.argv), env)
+            os.execve(path, list(argv), env)
         except OSError as e:
             # Like execvp: remember a meaningful error (EACCES) over ENOENT.
             if first_error is None or (first_error.errno == errno.ENOENT and e.errno != errno.ENOENT):
@@ -263,7 +269,7 @@ def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
                        if first_error.errno == errno.ENOENT else None)
 
 
-def _forward_signals(workload: int) -> None:
+def forward_signals(workload: int) -> None:
     """Signals sent to the relay go to the workload (``kill <relay>`` works as expected)."""
 
     def forward(sig: int, _frame: Any) -> None:
@@ -397,7 +403,7 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
                 # not the write ends of pipes someone waits on for EOF.
                 os.closerange(0, ch.status)
                 os.closerange(ch.status + 1, _FD_CEILING)
-                _forward_signals(workload)
+                forward_signals(workload)
                 send(ch.status, MSG_WORKLOAD, str(workload).encode())
                 os.close(ch.status)
                 _relay(workload)
