@@ -30,6 +30,8 @@ from pycontain.backends.cgroup_limits import (
 from pycontain.errors import AlreadyExists, KernelError, PycontainError, Timeout, Unsupported
 from pycontain.kernel import cgroupfs
 from pycontain.kernel.cgroupfs import CGROUP_ROOT, CgroupLayout
+from pycontain.kernel.cgroupfs import parse_keyed as _keyed
+from pycontain.kernel.cgroupfs import parse_value as _int
 from pycontain.units import format_cpuset
 
 #: The v1 hierarchies every pycontain cgroup joins when the host mounts them.
@@ -120,29 +122,6 @@ def our_mounts() -> list[str]:
 
 
 # -- parsing helpers for the stats files -----------------------------------------------------
-
-
-def _int(raw: bytes | None) -> float:
-    if raw is None:
-        return float("nan")
-    try:
-        return int(raw)
-    except ValueError:
-        s = raw.strip()
-        return float("inf") if s == b"max" else float("nan")
-
-
-def _keyed(raw: bytes | None) -> dict[bytes, int]:
-    out: dict[bytes, int] = {}
-    if raw:
-        for line in raw.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                try:
-                    out[parts[0]] = int(parts[1])
-                except ValueError:
-                    pass
-    return out
 
 
 class V1Group:

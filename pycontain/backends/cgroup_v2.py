@@ -25,6 +25,8 @@ from pycontain.backends.cgroup_limits import UNLIMITED, Limits
 from pycontain.errors import AlreadyExists, PycontainError, Timeout, Unsupported
 from pycontain.kernel import cgroupfs
 from pycontain.kernel.cgroupfs import CgroupLayout
+from pycontain.kernel.cgroupfs import parse_keyed as _keyed
+from pycontain.kernel.cgroupfs import parse_value as _int
 from pycontain.units import format_cpuset
 
 #: Controllers enabled for pycontain's subtree when the host has them.
@@ -45,28 +47,6 @@ _NEEDS = {
 }
 
 _NAN = float("nan")
-
-
-def _int(raw: bytes | None) -> float:
-    if raw is None:
-        return _NAN
-    try:
-        return int(raw)
-    except ValueError:
-        return float("inf") if raw.strip() == b"max" else _NAN
-
-
-def _keyed(raw: bytes | None) -> dict[bytes, int]:
-    out: dict[bytes, int] = {}
-    if raw:
-        for line in raw.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                try:
-                    out[parts[0]] = int(parts[1])
-                except ValueError:
-                    pass
-    return out
 
 
 def _psi(raw: bytes | None, resource: str, out: dict[str, float]) -> None:

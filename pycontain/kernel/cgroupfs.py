@@ -224,6 +224,30 @@ def make_dir_in_parents(path: str, make_parents: Callable[[str], None], attempts
     return False  # pragma: no cover - the loop returns or raises
 
 
+def parse_value(raw: bytes | None) -> float:
+    """A cgroup file holding one number: int, ``max`` -> inf, missing or junk -> nan."""
+    if raw is None:
+        return float("nan")
+    try:
+        return int(raw)
+    except ValueError:
+        return float("inf") if raw.strip() == b"max" else float("nan")
+
+
+def parse_keyed(raw: bytes | None) -> dict[bytes, int]:
+    """A flat keyed cgroup file (``memory.stat``, ``memory.events``): key -> int."""
+    out: dict[bytes, int] = {}
+    if raw:
+        for line in raw.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                try:
+                    out[parts[0]] = int(parts[1])
+                except ValueError:
+                    pass
+    return out
+
+
 def remove_empty_parents(path: str, keep: str) -> None:
     """rmdir the ancestors of ``path`` below ``keep`` (which stays) while they are empty.
 
