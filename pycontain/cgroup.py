@@ -179,14 +179,7 @@ class Cgroup:
 
             Cgroup.open("web-1a2b3c4d").stats()
         """
-        name = validate_name(name)
-        parent = validate_parent(parent)
-        layout, backend = _layout_and_backend(None)
-        group = backend.attach(layout, parent, name)
-        if group is None:
-            raise NotFound("no such pycontain cgroup", field="name", value=name,
-                           hint="pycontain.cgroups() lists them")
-        self = cls._view(group, name, parent)
+        self = cls.view(name, parent=parent)
         self._readonly = False
         return self
 

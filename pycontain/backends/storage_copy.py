@@ -141,16 +141,6 @@ def _merge(sfd: int, dfd: int, links: dict[tuple[int, int], tuple[int, str]]) ->
 # -- manifests and diffs -----------------------------------------------------------------
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "other"
-
-
 def snapshot(root: str) -> dict[str, list[int | str]]:
     """path -> [kind, inode, ctime_ns, size] of every entry under ``root`` (no symlink followed).
 
@@ -165,7 +155,7 @@ def snapshot(root: str) -> dict[str, list[int | str]]:
             st = _lstat(dirfd, name)
             if st is None:
                 continue
-            out["/" + prefix + name] = [_kind(st.st_mode), st.st_ino, st.st_ctime_ns, st.st_size]
+            out["/" + prefix + name] = [sd.file_kind(st.st_mode), st.st_ino, st.st_ctime_ns, st.st_size]
     return out
 
 

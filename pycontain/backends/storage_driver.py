@@ -45,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
@@ -116,6 +117,17 @@ class Change:
     change: str
     size: int
     type: str
+
+
+def file_kind(mode: int) -> str:
+    """The ``type`` of a :class:`Change`: "dir", "symlink", "file" or "other"."""
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
 
 
 class StorageDriver(Protocol):

@@ -139,16 +139,6 @@ def exists_below(lowers: Sequence[str], parts: list[str]) -> bool:
     return False
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "other"
-
-
 def upper_changes(upper: str, lowers: Sequence[str]) -> list[sd.Change]:
     """Changes recorded in an overlay upper dir, walked without following symlinks."""
     out: list[sd.Change] = []
@@ -167,5 +157,5 @@ def upper_changes(upper: str, lowers: Sequence[str]) -> list[sd.Change]:
                 out.append(sd.Change(path, "D", 0, "whiteout"))
                 continue
             change = "C" if exists_below(lowers, parts) else "A"
-            out.append(sd.Change(path, change, st.st_size if stat.S_ISREG(st.st_mode) else 0, _kind(st.st_mode)))
+            out.append(sd.Change(path, change, st.st_size if stat.S_ISREG(st.st_mode) else 0, sd.file_kind(st.st_mode)))
     return out
