@@ -141,19 +141,27 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def _set_pdeathsig(spec: ChildSpec, parent: int) -> None:
+def _set_pdeathsig(spec: ChildSpec, parent: int, parent_fd: int | None) -> None:
     if spec.pdeathsig:
         syscalls.set_pdeathsig(int(spec.pdeathsig))
-        # The parent may have died before prctl: then no signal comes.
-        if os.getppid() != parent:
+        # The parent may have died before prctl: then no signal comes. In a
+        # new pid namespace getppid() is 0, so a pidfd of the parent tells.
+        if parent_fd is not None:
+            gone, _, _ = select.select([parent_fd], [], [], 0)
+            os.close(parent_fd)
+            if gone:
+                os._exit(SETUP_FAILED)
+        elif os.getppid() != parent:
             os._exit(SETUP_FAILED)
 
 
 def _join(spec: ChildSpec) -> None:
     fds = []
     try:
-        # Open every file first: joining mnt changes what paths mean.
-        order = sorted(spec.join, key=lambda kp: _JOIN_ORDER.index(kp[0]))
+        # Open every file first: joining mnt changes what paths mean. A pid
+        # namespace the forker placed us in is joined already.
+        joins = [kp for kp in spec.join if not (kp[0] == "pid" and spec.pid_by_forker)]
+        order = sorted(joins, key=lambda kp: _JOIN_ORDER.index(kp[0]))
         for kind, path in order:
             fds.append((kind, path, nsfs.open_namespace(path)))
         for kind, path, fd in fds:
@@ -350,8 +358,12 @@ def _ask_parent(ch: Channels, who: bytes, persist: set[str]) -> None:
         os._exit(SETUP_FAILED)  # the parent gave up; it reports why
 
 
-def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], pickler: Any) -> NoReturn:
+def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], pickler: Any,
+           parent_fd: int | None = None) -> NoReturn:
     """Turn this freshly forked, single-threaded process into ``spec``'s child.
+
+    ``parent_fd``: a pidfd of the forker, given when the forker placed this
+    child in its pid namespace (see :mod:`pycontain.engine.forker`).
 
     Never returns: it execs, or runs the target and ``os._exit``s. A failing
     step is reported on ``ch.status`` as a pickled typed error.
@@ -359,7 +371,7 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
     gc.disable()
     try:
         reset_signals()
-        _set_pdeathsig(spec, parent)
+        _set_pdeathsig(spec, parent, parent_fd)
         if spec.affinity is not None:
             try:
                 os.sched_setaffinity(0, spec.affinity)
@@ -370,9 +382,10 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
         # and a new cgroup namespace is rooted at the new cgroup. A relay
         # (pid/time namespaces) stays out: the parent moves the workload in
         # right after the fork, so limits such as pids.max count only it.
-        if not spec.needs_fork:
+        relay = spec.needs_relay
+        if not relay:
             for path in spec.cgroup_procs:
-                nsfs.write_pid(path, os.getpid())
+                nsfs.join_cgroup(path)
         # 2. join existing namespaces, user first (before any new user
         # namespace, which would take away the rights to join host ones).
         if spec.join:
@@ -383,7 +396,9 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
         # what must be done before the fork; the workload unshares the rest,
         # so this relay is not counted in the workload's namespaces.
         first, second = set(spec.new), set()
-        if spec.needs_fork:
+        if spec.pid_by_forker:
+            first.discard("pid")  # the forker made it: we are its PID 1
+        if relay:
             first, second = first & FORK_FIRST_KINDS, first - FORK_FIRST_KINDS
         if first:
             syscalls.unshare(syscalls.namespace_flags(first))
@@ -392,8 +407,9 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
             _ask_parent(ch, b"first", first & set(spec.persist))
         if spec.uid_map or spec.gid_map:
             _become_root_inside(spec)
-        # 5. pid and time namespaces apply to children: fork the workload.
-        if spec.needs_fork:
+        # 5. pid and time namespaces apply to children: fork the workload
+        # (unless the forker placed us in the pid namespace already).
+        if relay:
             # A pidfd of the relay, for the workload to check it did not miss
             # the relay's death (its own getppid() is 0 in a new pid namespace).
             relay_fd = syscalls.pidfd_open(os.getpid()) if spec.pdeathsig else None

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from pycontain.engine import child as _child
+from pycontain.engine import forker
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, Timeout, kernel_error
 from pycontain.kernel import nsfs, syscalls
@@ -449,12 +450,12 @@ def _fork(spec: ChildSpec, env: dict[str, str], pickler: Any, channels: _child.C
     status_r, status_w, sync_r, sync_w, result_r, result_w = fds
     parent = os.getpid()
     try:
-        pid = os.fork()
-    except OSError as e:
+        pid, parent_fd = forker.fork(spec)
+    except BaseException:
         for fd in fds:
             if fd is not None:
                 os.close(fd)
-        raise kernel_error("fork", e.errno or errno.EAGAIN) from None
+        raise
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.close(status_r)  # type: ignore[arg-type]
@@ -462,7 +463,7 @@ def _fork(spec: ChildSpec, env: dict[str, str], pickler: Any, channels: _child.C
                 os.close(sync_w)
             if result_r is not None:
                 os.close(result_r)
-            _child.become(spec, channels, parent=parent, env=env, pickler=pickler)
+            _child.become(spec, channels, parent=parent, env=env, pickler=pickler, parent_fd=parent_fd)
         finally:
             os._exit(_child.SETUP_FAILED)
     return pid

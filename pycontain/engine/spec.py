@@ -247,7 +247,33 @@ class ChildSpec:
         return bool(CHILDREN_ONLY_KINDS & (set(self.new) | joined))
 
     @property
+    def pid_by_forker(self) -> bool:
+        """Whether the forking thread can place the child in its pid namespace.
+
+        unshare(CLONE_NEWPID) and setns(CLONE_NEWPID) only change the pid
+        namespace of the calling *thread's* future children (unshare(2),
+        setns(2)), and unlike a new user namespace they work in a
+        multi-threaded process. So the forker switches, forks and switches
+        back, and the child is PID 1 (or a member of the joined namespace)
+        at once: no relay process stays between the caller and the
+        workload. Not possible when a user namespace must own the new pid
+        namespace (it must exist first, made by the child), with a time
+        namespace (setns of one needs a single-threaded caller), or when
+        the pid namespace is to be persisted.
+        """
+        joined = {k for k, _ in self.join}
+        new = set(self.new)
+        if not ({"pid"} & (new | joined)) or "pid" in self.persist:
+            return False
+        return not ({"user", "time"} & (new | joined))
+
+    @property
+    def needs_relay(self) -> bool:
+        """Whether a relay must fork the workload (and stay, to pass its status on)."""
+        return self.needs_fork and not self.pid_by_forker
+
+    @property
     def needs_parent(self) -> bool:
         """Whether the parent must act for the child: id maps, persist binds, or
-        moving a forked workload into its cgroups."""
-        return bool(self.uid_map or self.gid_map or self.persist or (self.cgroup_procs and self.needs_fork))
+        moving a relay's workload into its cgroups."""
+        return bool(self.uid_map or self.gid_map or self.persist or (self.cgroup_procs and self.needs_relay))

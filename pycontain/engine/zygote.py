@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pycontain.engine import child as _child
+from pycontain.engine import forker
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 
@@ -141,11 +142,12 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
             reply(("error", None, PycontainError(f"bad request to the zygote: {e!r}", op="zygote")))
             continue
         try:
-            pid = os.fork()
-        except OSError as e:
+            pid, parent_fd = forker.fork(spec)
+        except BaseException as e:
             for f in fds:
                 os.close(f)
-            reply(("error", req_id, kernel_error("fork", e.errno or errno.EAGAIN)))
+            reply(("error", req_id, e if isinstance(e, PycontainError) else
+                   kernel_error("fork", getattr(e, "errno", None) or errno.EAGAIN)))
             continue
         if pid == 0:
             try:
@@ -155,7 +157,7 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 os.close(wake_r)
                 os.close(wake_w)
                 channels = _place_fds(fds, targets)
-                _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle)
+                _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle, parent_fd=parent_fd)
             finally:
                 os._exit(_child.SETUP_FAILED)
         for f in fds:

@@ -257,3 +257,35 @@ def mount_propagation(path: str) -> str:
             if best is None or len(point) >= len(best.mount_point):
                 best = m
     return best.propagation if best is not None else "private"
+
+
+def join_cgroup(procs_path: str) -> None:
+    """Move the calling, single-threaded process into the cgroup of ``procs_path``.
+
+    On cgroup v1 this writes "0" to the cgroup's ``tasks`` file: moving one
+    thread (the caller itself) skips the global threadgroup lock that a
+    write to ``cgroup.procs`` takes, whose first use after a pause waits for
+    an RCU grace period (kernel/cgroup/cgroup.c, cgroup_procs_write_start:
+    "If we migrate a single thread, we don't care about threadgroup
+    stability"): ~1 ms for 8 hierarchies here instead of ~10-25 ms. For a
+    process with one thread it is the same move. cgroup v2 has no ``tasks``
+    (cgroup.threads only works inside threaded subtrees), so there the
+    process is moved through ``cgroup.procs``.
+    """
+    if procs_path.endswith("/cgroup.procs"):
+        tasks = procs_path[: -len("cgroup.procs")] + "tasks"
+        try:
+            fd = os.open(tasks, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass  # cgroup v2
+        except OSError as e:
+            raise kernel_error("open", e.errno or errno.EIO, path=tasks) from None
+        else:
+            try:
+                os.write(fd, b"0")
+            except OSError as e:
+                raise kernel_error("write", e.errno or errno.EIO, path=tasks, detail="tid=0 (self)") from None
+            finally:
+                os.close(fd)
+            return
+    write_pid(procs_path, 0)

@@ -178,14 +178,60 @@ def test_pid_namespace_workload_is_pid1() -> None:
     assert (code, out) == (0, "1\n")
 
 
-def test_pid_namespace_pid_is_the_workload() -> None:
+def test_pid_namespace_workload_is_our_child_no_relay() -> None:
+    # The forking thread switches its children's pid namespace, forks, and
+    # switches back: the workload is PID 1 inside and our own child outside.
     child = start(ChildSpec(argv=["sleep", "10"], new={"pid", "mnt"}))
     try:
-        assert child.pid != child.relay_pid
-        nspid = proc_status(child.pid)["NSpid"].split()
-        assert nspid == [str(child.pid), "1"]
+        assert child.pid == child.relay_pid
+        status = proc_status(child.pid)
+        assert status["NSpid"].split() == [str(child.pid), "1"]
+        parent = int(status["PPid"])  # we, or the zygote that forked it -- not a relay
+        assert parent == os.getpid() or proc_status(parent)["PPid"] == str(os.getpid())
+        assert proc_status(parent)["NSpid"].split() == [str(parent)]
         with open(f"/proc/{child.pid}/cmdline", "rb") as f:
             assert f.read().split(b"\0")[0] == b"sleep"
+        # and this thread's children go into our own pid namespace again
+        assert os.readlink("/proc/thread-self/ns/pid_for_children") == os.readlink("/proc/self/ns/pid")
+    finally:
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
+
+
+def test_pid_namespace_from_a_busy_multithreaded_caller() -> None:
+    # unshare(CLONE_NEWPID) is per thread: other threads forking meanwhile stay in our namespace.
+    import threading
+
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def other() -> None:
+        while not stop.is_set():
+            c = start(ChildSpec(argv=["sh", "-c", "echo $$ > /dev/null"]))
+            seen.append(os.readlink(f"/proc/{c.pid}/ns/pid") if os.path.exists(f"/proc/{c.pid}") else "gone")
+            c.wait()
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for _ in range(20):
+            code, out = run_capture(argv=["sh", "-c", "echo $$"], new={"pid"})
+            assert (code, out) == (0, "1\n")
+    finally:
+        stop.set()
+        t.join()
+    own = os.readlink("/proc/self/ns/pid")
+    assert seen and all(s in (own, "gone") for s in seen)
+
+
+def test_pid_namespace_with_user_namespace_uses_a_relay() -> None:
+    # The new user namespace must own the pid namespace, so the child makes
+    # both and forks the workload: a relay passes its status on.
+    child = start(ChildSpec(argv=["sleep", "10"], new={"user", "pid", "mnt"}, uid_map="0 100000 65536",
+                            gid_map="0 100000 65536"))
+    try:
+        assert child.pid != child.relay_pid
+        assert proc_status(child.pid)["NSpid"].split() == [str(child.pid), "1"]
     finally:
         child.kill()
         assert child.wait() == -signal.SIGKILL  # the relay re-raises the workload's signal
