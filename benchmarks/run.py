@@ -44,7 +44,7 @@ from benchmarks.peers import Workspace, cgroup_dirs, ensure_installed, reap_stal
 DEFAULT_OUT = HERE / "results" / "latest"
 DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 GROUP_ORDER = ["start-warm", "start-idle", "exec", "stats", "memory", "build-cold", "build-cached", "cell",
-               "rootfs-create", "pull"]
+               "cell-in", "cell-snapshot", "cell-podman", "sampler", "rootfs-create", "pull"]
 GROUP_TITLES = {
     "start-warm": "Container start-to-exit, warm (/bin/true in busybox)",
     "start-idle": "Container start-to-exit after a 0.3 s idle gap",
@@ -54,6 +54,10 @@ GROUP_TITLES = {
     "build-cold": "Image build, 3 steps, no cache",
     "build-cached": "Image build, 3 steps, all cached",
     "cell": "Notebook cell through a real Jupyter kernel",
+    "cell-in": "A cell sending a 100 MiB DataFrame in (`%%container --in df`)",
+    "cell-snapshot": "A trivial `%%container --snapshot` cell, with 1 GiB in the kernel and without",
+    "cell-podman": "A trivial cell run through `podman run --rm` (python3 -c pass) beside `%%container`",
+    "sampler": "CPU cost of the live sampler, Container.monitor(interval=0.1), % of one CPU",
     "rootfs-create": "A container's rootfs from a 10 MB and a 1 GB image (prepare + release)",
     "pull": "Pull busybox + a 32 MB layer from a registry on 127.0.0.1",
 }
