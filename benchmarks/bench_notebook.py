@@ -49,6 +49,7 @@ from benchmarks.bench_pycontain import NOT_YET, _busybox_image, _has, _Kernel, _
 from benchmarks.measure import Case, skipped
 from benchmarks.peers import Workspace
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON_IMAGE = "localhost/pycontain-bench/python:latest"
 #: 100 MiB of float64: rows x columns x 8 bytes.
 DF_ROWS, DF_COLS = 1_310_720, 10
@@ -64,10 +65,26 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idlelib", "t
 # -- kernels --------------------------------------------------------------------------
 
 
+class _NotebookKernel(_Kernel):
+    """bench_pycontain's kernel, interrupted when a cell times out: the error
+    names the cell, and the kernel is idle again for the next case."""
+
+    def execute(self, code: str) -> None:
+        try:
+            super().execute(code)
+        except TimeoutError:
+            self.km.interrupt_kernel()  # the stop button: %%container kills its container
+            try:
+                self.kc.get_shell_msg(timeout=30)  # the interrupted cell's reply
+            except Exception:
+                pass
+            raise TimeoutError(f"cell {code.splitlines()[0][:60]!r} did not finish within 60 s; interrupted") from None
+
+
 def _kernel(ws: Workspace, prelude: str) -> tuple[_Kernel, Any]:
     """A kernel with pycontain's magics loaded and ``prelude`` run, and a
     setup function that starts it once (shared by the cases that use it)."""
-    kernel = _Kernel()
+    kernel = _NotebookKernel()
     ws.on_close(kernel.stop)
     ready: list[bool] = []
 
@@ -75,6 +92,8 @@ def _kernel(ws: Workspace, prelude: str) -> tuple[_Kernel, Any]:
         if ready:
             return
         kernel.start()
+        # The kernel imports this checkout's pycontain, wherever run.py was started from.
+        kernel.execute(f"import sys\nif {REPO!r} not in sys.path:\n    sys.path.insert(0, {REPO!r})")
         kernel.execute("%load_ext pycontain")
         if prelude:
             kernel.execute(prelude)
