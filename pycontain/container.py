@@ -437,8 +437,10 @@ class Container:
                 exit_fd = os.open(self._state_path / "exit", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                                   0o600)
                 cleanup.callback(os.close, exit_fd)
+                rootfs_plan = self._rootfs.sized.plan if self._rootfs.sized is not None else self._rootfs.plan
                 setup = _ChildSetup(
-                    rootfs=self._rootfs,
+                    root_plan=rootfs_plan,
+                    root_target=self._rootfs.target,
                     config=self.config,
                     confinement=self._confinement,
                     hosts=net.hosts_file(self.config.hostname or self.name[:63]),
@@ -462,7 +464,7 @@ class Container:
                     preexec=setup.enter,
                     env=env,
                 )
-                self._child = start(spec)
+                self._child = start(spec, zygote=_fork_source(target))
                 _fault("after_engine_start")
                 cleanup.pop_all()
                 os.close(exit_fd)
@@ -1007,10 +1009,12 @@ def _image_env(cfg: dict[str, Any]) -> dict[str, str]:
 
 @dataclass
 class _ChildSetup:
-    """Everything PID 1 needs to set up the container. Inherited by fork,
-    never pickled; the seccomp program was compiled in the caller."""
+    """Everything PID 1 needs to set up the container; sent to the zygote by
+    pickle (or inherited by a fork of the caller). The seccomp program was
+    compiled in the caller."""
 
-    rootfs: Any
+    root_plan: Any  # the storage driver's plan of the root (a picklable record)
+    root_target: str
     config: ContainerConfig
     confinement: Any
     hosts: str | None
@@ -1039,14 +1043,52 @@ class _ChildSetup:
             volumes.append((self.hosts_path, "/etc/hosts", True))
             files = {}
         rootfs.enter_rootfs(
-            self.rootfs.target,
-            mount_root=self.rootfs.mount,
+            self.root_target,
+            mount_root=self.mount_root,
             volumes=volumes,
             read_only=self.config.read_only,
             files=files,
         )
         hardening.confine(self.confinement)
         _verify_cwd()
+
+
+    def mount_root(self) -> None:
+        """The image's layers on the root target, in our private mount namespace."""
+        from pycontain.backends import storage_driver
+
+        storage_driver.mount_rootfs(self.root_plan, self.root_target)
+
+
+#: Where containers are forked from: "zygote" (default), a small helper
+#: process started once per Python process (pycontain.engine.shared_zygote),
+#: so a container costs the same whatever the caller's size, and its PID 1
+#: shares the zygote's pages, not the caller's; or "caller", a fork of the
+#: calling process itself, for small single-threaded callers (the
+#: ``pycontain`` CLI) that would pay more to start a zygote than they save.
+#: Python workloads that must see the caller's memory (``%%container
+#: --snapshot``) are always forked from the caller.
+FORK_SOURCE = "zygote"
+
+#: What the zygote imports once, so that no container imports it again.
+_ZYGOTE_PRELOAD = (
+    "pycontain.container",
+    "pycontain.backends.rootfs",
+    "pycontain.backends.hardening",
+    "pycontain.backends.capabilities",
+    "pycontain.backends.seccomp",
+    "pycontain.backends.storage_driver",
+    "pycontain.kernel.syscalls",
+)
+
+
+def _fork_source(target: Any) -> Any:
+    """The zygote to fork from, or None to fork the caller."""
+    if FORK_SOURCE == "caller" or target is not None:
+        return None
+    from pycontain.engine import shared_zygote
+
+    return shared_zygote(_ZYGOTE_PRELOAD)
 
 
 @dataclass

@@ -23,18 +23,6 @@ from pycontain.kernel import nsfs, syscalls
 
 __all__ = ["fork"]
 
-# (owner pid, fd of our own pid namespace): the namespace to switch back to.
-# Re-opened in a forked copy of the process, whose fds are its own business.
-_own_pid_ns: tuple[int, int] | None = None
-
-
-def _own_pid_namespace() -> int:
-    global _own_pid_ns
-    if _own_pid_ns is None or _own_pid_ns[0] != os.getpid():
-        _own_pid_ns = (os.getpid(), nsfs.open_namespace(nsfs.proc_ns_path(os.getpid(), "pid")))
-    return _own_pid_ns[1]
-
-
 def fork(spec: ChildSpec) -> tuple[int, int | None]:
     """``os.fork()`` for ``spec``; returns ``(pid, parent_pidfd)``.
 
@@ -52,11 +40,16 @@ def fork(spec: ChildSpec) -> tuple[int, int | None]:
             return os.fork(), None
         except OSError as e:
             raise kernel_error("fork", e.errno or errno.EAGAIN) from None
-    own = _own_pid_namespace()
+    # Our own pid namespace, to switch back to (opened per fork: no fd is
+    # kept open in the caller between containers).
+    own = nsfs.open_namespace(nsfs.proc_ns_path(os.getpid(), "pid"))
     joined = dict(spec.join).get("pid")
-    target = nsfs.open_namespace(joined) if joined is not None else None
-    parent_fd = syscalls.pidfd_open(os.getpid()) if spec.pdeathsig else None
+    target: int | None = None
+    parent_fd: int | None = None
+    switched = False
     try:
+        target = nsfs.open_namespace(joined) if joined is not None else None
+        parent_fd = syscalls.pidfd_open(os.getpid()) if spec.pdeathsig else None
         if target is not None:
             try:
                 syscalls.setns(target, C.NAMESPACE_FLAGS["pid"])
@@ -65,12 +58,16 @@ def fork(spec: ChildSpec) -> tuple[int, int | None]:
                                    hint=f"is {joined} a pid namespace of this host (or one below ours)?") from None
         else:
             syscalls.unshare(C.NAMESPACE_FLAGS["pid"])
+        switched = True
         try:
             pid = os.fork()
         except OSError as e:
             raise kernel_error("fork", e.errno or errno.EAGAIN) from None
     except BaseException:
-        _restore(own)
+        if switched:
+            _restore(own)
+        else:
+            os.close(own)
         if parent_fd is not None:
             os.close(parent_fd)
         raise
@@ -78,6 +75,7 @@ def fork(spec: ChildSpec) -> tuple[int, int | None]:
         if target is not None:
             os.close(target)
     if pid == 0:
+        os.close(own)
         return 0, parent_fd
     _restore(own)
     if parent_fd is not None:
@@ -87,4 +85,7 @@ def fork(spec: ChildSpec) -> tuple[int, int | None]:
 
 def _restore(own: int) -> None:
     """Children of this thread go into our own pid namespace again."""
-    syscalls.setns(own, C.NAMESPACE_FLAGS["pid"])
+    try:
+        syscalls.setns(own, C.NAMESPACE_FLAGS["pid"])
+    finally:
+        os.close(own)

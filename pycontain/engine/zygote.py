@@ -156,6 +156,11 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 os.close(fd)
                 os.close(wake_r)
                 os.close(wake_w)
+                if parent_fd is not None:
+                    # Out of the way of the fd numbers the caller's fds get.
+                    floor = max([*targets["numbers"], *fds, parent_fd, 2]) + 1
+                    parent_fd, old = fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor), parent_fd
+                    os.close(old)
                 channels = _place_fds(fds, targets)
                 _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle, parent_fd=parent_fd)
             finally:
@@ -232,9 +237,10 @@ class Zygote:
         if os.getpid() != self._owner:
             raise KernelError(f"this zygote belongs to process {self._owner}", op="zygote", errno=errno.EPERM,
                               hint="a forked process makes its own Zygote (shared_zygote() does that)")
-        if spec.cwd is None and "mnt" not in {kind for kind, _ in spec.join}:
+        if spec.cwd is None and spec.preexec is None and "mnt" not in {kind for kind, _ in spec.join}:
             # A forked child starts in the caller's current directory; so does ours.
-            # (Joining a mount namespace moves to its root, in both cases.)
+            # (Joining a mount namespace moves to its root, in both cases; a
+            # preexec that changes the root, e.g. a container's, picks its own.)
             try:
                 spec = dataclasses.replace(spec, cwd=os.getcwd())
             except OSError:

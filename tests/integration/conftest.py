@@ -20,8 +20,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.root)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def container_zygote() -> object:
+    """The process-wide zygote containers fork from, started once before any
+    leak snapshot: it lives as long as the test process, like in any user's."""
+    from pycontain.container import _fork_source
+
+    if os.geteuid() == 0:
+        _fork_source(None)
+    yield
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> object:
+def no_leaks(container_zygote: object) -> object:
     # Local escape hatch for developers whose machine runs other pycontain
     # work at the same time (the check sees the whole host). CI never sets it.
     if os.environ.get("PYCONTAIN_TEST_SKIP_LEAK_CHECK") == "1" and not os.environ.get("CI"):

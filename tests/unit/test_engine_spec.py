@@ -165,3 +165,18 @@ def test_affinity() -> None:
     assert ChildSpec(argv=["true"]).affinity is None
     for bad in (0, [], [-1], [True], ["0"]):
         assert _bad(argv=["true"], affinity=bad).field == "affinity"
+
+
+def test_pid_by_forker_when_no_user_or_time_namespace() -> None:
+    # The forking thread can switch its children's pid namespace itself,
+    # unless a new user namespace must own it (or time, or a persisted pid).
+    assert ChildSpec(argv=["true"], new={"pid", "net"}).pid_by_forker
+    assert ChildSpec(argv=["true"], join=[("pid", "/proc/1/ns/pid")]).pid_by_forker
+    assert not ChildSpec(argv=["true"], new={"net"}).pid_by_forker
+    assert not ChildSpec(argv=["true"], new={"pid", "user"}, uid_map="0 1000 1").pid_by_forker
+    assert not ChildSpec(argv=["true"], new={"pid", "time"}).pid_by_forker
+    assert not ChildSpec(argv=["true"], new={"pid"}, persist={"pid": "/run/x"}).pid_by_forker
+    spec = ChildSpec(argv=["true"], new={"pid"}, cgroup_procs=["/sys/fs/cgroup/pids/x/cgroup.procs"])
+    assert spec.needs_fork and not spec.needs_relay and not spec.needs_parent
+    relay = ChildSpec(argv=["true"], new={"pid", "time"}, cgroup_procs=["/sys/fs/cgroup/pids/x/cgroup.procs"])
+    assert relay.needs_relay and relay.needs_parent
