@@ -11,7 +11,8 @@ takes ratios pair by pair):
   cgroup (no rootfs)``: the same in a cgroup made and removed per run (as
   crun and runc do per container); ``pycontain`` (a full
   container: busybox rootfs, 5 namespaces, cgroup) once ``pycontain.Container``
-  exists.
+  exists; ``pycontain run (CLI)``: the same container through the installed
+  ``pycontain`` command, a new process per container as runc's case.
 * exec, memory, build-cold, build-cached: once Container / Image exist.
 * stats: ``pycontain.Cgroup(...).stats()`` (pandas Series) and
   ``stats_dict()`` (the sampler's hot path) on a cgroup of this run.
@@ -26,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -125,6 +127,39 @@ def _container_start(ws: Workspace, group: str) -> Case:
 
     return Case("pycontain", group, run=run, setup=lambda: _busybox_image(ws), before=_gap_for(group), warmup=2,
                 note="Container(image=busybox, command=['/bin/true']).start(); wait(); remove() - in-process")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_CASE = "pycontain run (CLI)"
+
+
+def cli_command() -> str | None:
+    """The installed ``pycontain`` command: beside this interpreter (a venv's
+    bin), else the repository's .venv (./dev setup); None when neither has one."""
+    for path in (os.path.join(os.path.dirname(sys.executable), "pycontain"),
+                 os.path.join(REPO, ".venv", "bin", "pycontain")):
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _cli_start(ws: Workspace, group: str) -> Case:
+    """The peers' work through the command line, as runc's case: a new
+    process per container, ``pycontain run --rm IMAGE /bin/true``, started by
+    the same launcher (vfork + nsenter) as crun and runc."""
+    command = cli_command()
+    if command is None:
+        return skipped(CLI_CASE, group, "no installed pycontain command (./dev setup: pip install -e .)")
+    with open(command, "rb") as f:
+        how = "-I -S launcher" if f.readline().startswith(b"#!/bin/sh") else "console script"
+    argv = [command, "run", "--rm", "pycontain-bench/busybox:latest", "/bin/true"]
+
+    def run() -> None:
+        # state dir and store: the environment _pycontain_env() set for this run
+        ws.run(argv, view="host")
+
+    return Case(CLI_CASE, group, run=run, setup=lambda: _busybox_image(ws), before=_gap_for(group), warmup=2,
+                note=f"`pycontain run --rm busybox /bin/true` ({how}: {command}); 5 namespaces, cgroup")
 
 
 def _exec_case(ws: Workspace) -> Case:
@@ -296,6 +331,8 @@ def cases(ws: Workspace) -> list[Case]:
             "pycontain engine + cgroup (no rootfs)", group, f"{NOT_YET}: pycontain.engine or Cgroup is missing"))
         out.append(_container_start(ws, group) if has_container else skipped(
             "pycontain", group, f"{NOT_YET}: pycontain.Container is missing"))
+        out.append(_cli_start(ws, group) if has_container else skipped(
+            CLI_CASE, group, f"{NOT_YET}: pycontain.Container is missing"))
     if has_container:
         out.append(_exec_case(ws))
         out.append(_build_case(ws, cold=True))

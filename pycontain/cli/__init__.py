@@ -33,7 +33,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "topic_modules"]
+__all__ = ["main", "build_parser", "topic_modules", "fork_containers_here"]
 
 PROG = "pycontain"
 
@@ -62,6 +62,26 @@ def build_parser(modules: Iterable[str] | None = None) -> argparse.ArgumentParse
     import is reported on stderr and left out, so one broken topic does not
     take the whole command line down.
     """
+    return _build(modules, only=None)[0]
+
+
+def _build(modules: Iterable[str] | None, only: str | None,
+           warned: set[str] | None = None) -> tuple[argparse.ArgumentParser, bool]:
+    """The parser, and whether command ``only`` is in it.
+
+    With ``only``, topics register through :class:`_OnlyCommand`, so just that
+    command's parser is built: argparse spends ~1 ms per subcommand parser
+    (gettext look-ups included), which `pycontain run` would pay for the
+    two dozen others on every start. ``warned``: warnings printed already (by
+    an earlier build in this process), not to print twice.
+    """
+    warned = set() if warned is None else warned
+
+    def warn(text: str) -> None:
+        if text not in warned:
+            warned.add(text)
+            print(f"{PROG}: warning: {text}", file=sys.stderr)
+
     from pycontain import __version__
 
     parser = argparse.ArgumentParser(
@@ -72,14 +92,14 @@ def build_parser(modules: Iterable[str] | None = None) -> argparse.ArgumentParse
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    target: Any = subparsers if only is None else _OnlyCommand(subparsers, only)
 
     loaded: list[tuple[int, str, Any]] = []
     for name in topic_modules() if modules is None else modules:
         try:
             module = importlib.import_module(name)
         except Exception as e:  # one broken topic must not break the others
-            print(f"{PROG}: warning: commands of {name} unavailable: {type(e).__name__}: {e}",
-                  file=sys.stderr)
+            warn(f"commands of {name} unavailable: {type(e).__name__}: {e}")
             continue
         register = getattr(module, "register", None)
         if callable(register):
@@ -87,10 +107,9 @@ def build_parser(modules: Iterable[str] | None = None) -> argparse.ArgumentParse
     for _order, name, register in sorted(loaded, key=lambda t: (t[0], t[1])):
         before = set(subparsers.choices)
         try:
-            register(subparsers)
+            register(target)
         except Exception as e:  # e.g. an argparse option conflict in one topic
-            print(f"{PROG}: warning: commands of {name} unavailable: {type(e).__name__}: {e}",
-                  file=sys.stderr)
+            warn(f"commands of {name} unavailable: {type(e).__name__}: {e}")
             # Drop what the topic half-registered, so its commands fail as unknown
             # rather than run without a handler.
             for cmd in set(subparsers.choices) - before:
@@ -99,7 +118,61 @@ def build_parser(modules: Iterable[str] | None = None) -> argparse.ArgumentParse
             subparsers._choices_actions[:] = [
                 a for a in subparsers._choices_actions if a.dest in subparsers.choices
             ]
-    return parser
+    return parser, only is not None and only in subparsers.choices
+
+
+class _Ignored:
+    """Swallows what a topic does with a parser of a command not asked for."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._call
+
+    def _call(self, *args: Any, **kwargs: Any) -> _Ignored:
+        return self
+
+
+class _OnlyCommand:
+    """argparse's subparsers action, passing on only the command ``name``:
+    every other ``add_parser`` returns an :class:`_Ignored`."""
+
+    def __init__(self, subparsers: Any, name: str) -> None:
+        self._subparsers = subparsers
+        self._name = name
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name == self._name or self._name in kwargs.get("aliases", ()):
+            return self._subparsers.add_parser(name, **kwargs)
+        return _Ignored()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._subparsers, name)
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, when the parser needs no other command to
+    parse it; None for help, version, or anything unusual (then the whole
+    parser is built, and argparse says what is wrong)."""
+    for arg in argv:
+        if arg == "--debug":
+            continue
+        # -h, --help, --version (argparse also takes prefixes like --vers)
+        # print or check every command: build them all.
+        return None if arg.startswith("-") else arg
+    return None
+
+
+def fork_containers_here() -> None:
+    """Make the containers this command starts forks of this process.
+
+    The library forks containers from a zygote by default (a helper process
+    started once per caller, worth it for a big notebook kernel). The CLI is
+    small and single-threaded, and lives for one container: starting a
+    zygote (a second interpreter) would cost it more than it saves.
+    Topic handlers call this before they start a container.
+    """
+    from pycontain import container
+
+    container.FORK_SOURCE = "caller"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from pycontain.errors import InvalidArgument, PycontainError
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_word(argv)
+    warned: set[str] = set()
+    parser, found = _build(None, only=command, warned=warned) if command is not None else (None, False)
+    if parser is None or not found:
+        parser = _build(None, only=None, warned=warned)[0]
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors: return, don't exit

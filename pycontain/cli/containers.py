@@ -92,8 +92,11 @@ def _err(msg: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pycontain.cli import fork_containers_here
     from pycontain.container import Container
     from pycontain.errors import InvalidArgument
+
+    fork_containers_here()
 
     command = list(args.command)
     if command[:1] == ["--"]:

@@ -74,6 +74,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     import os
 
     from pycontain.build import build
+    from pycontain.cli import fork_containers_here
+
+    fork_containers_here()  # every RUN step is a container
 
     source = args.file or args.dir
     if args.file and not os.path.isabs(args.file) and not os.path.exists(args.file):
