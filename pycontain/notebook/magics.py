@@ -19,11 +19,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from pycontain.errors import PycontainError
 from pycontain.notebook.cell import CellEvents, RemoteCellError, cell_main, format_failed, pickle_inputs
+from pycontain.notebook.live import MONITOR_TICK_S, LiveView
 from pycontain.units import format_size
-
-#: How long a cell runs before the live monitor appears, and how often it redraws.
-MONITOR_DELAY_S = 1.0
-MONITOR_REDRAW_S = 0.5
 
 
 def _names(value: str | None, option: str) -> list[str]:
@@ -120,7 +117,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     event_r, event_w = os.pipe()
     namespace = shell.user_ns if args.snapshot else None
     t0 = time.monotonic()
-    view = _LiveView(container, args)
+    view = LiveView(container, args.monitor)
     outcome: dict[str, Any] = {}
     try:
         try:
@@ -156,7 +153,8 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
             view.tick()
 
         try:
-            CellEvents(stdout_r, stderr_r, event_r).pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick)
+            CellEvents(stdout_r, stderr_r, event_r).pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick,
+                                                         tick=MONITOR_TICK_S)
         except KeyboardInterrupt:
             container.kill()
             outcome["interrupted"] = True
@@ -350,75 +348,6 @@ def _summary(code: int, wall: float, usage: dict[str, Any], outcome: dict[str, A
     if outcome.get("interrupted"):
         return f"interrupted: container stopped after {wall:.1f} s, peak {peak_s}, {cpu_s}"
     return f"container: {wall:.2f} s wall, {cpu_s}, peak {peak_s}, exit {code}"
-
-
-class _LiveView:
-    """The live memory/CPU plot: appears after MONITOR_DELAY_S, redraws at most
-    every MONITOR_REDRAW_S, and stays as a static plot at the end (also under
-    nbconvert/nbval, where update_display_data is applied to the saved output)."""
-
-    def __init__(self, container: Any, args: Any) -> None:
-        self.container = container
-        self.args = args
-        self.monitor: Any = None
-        self.handle: Any = None
-        self.t_start = 0.0
-        self.last_draw = 0.0
-
-    def start(self) -> None:
-        self.t_start = time.monotonic()
-        self.monitor = self.container.monitor(interval=0.1)
-
-    def tick(self) -> None:
-        if self.args.monitor is False or self.monitor is None:
-            return
-        now = time.monotonic()
-        if self.args.monitor is not True and now - self.t_start < MONITOR_DELAY_S:
-            return
-        if now - self.last_draw < MONITOR_REDRAW_S:
-            return
-        self.last_draw = now
-        self._draw()
-
-    def _draw(self) -> None:
-        from IPython.display import display
-
-        bundle = _plot_bundle(self.monitor.frame, self.container)
-        if self.handle is None:
-            self.handle = display(bundle, raw=True, display_id=True)
-        else:
-            self.handle.update(bundle, raw=True)
-
-    def stop(self) -> None:
-        if self.monitor is None:
-            return
-        self.monitor.stop()
-        if self.handle is not None or self.args.monitor is True:
-            self._draw()
-
-    def frame(self) -> Any:
-        if self.monitor is None:
-            import pandas as pd
-
-            from pycontain.stats import COLUMNS
-
-            return pd.DataFrame(columns=list(COLUMNS))
-        return self.monitor.frame
-
-
-def _plot_bundle(frame: Any, container: Any) -> dict[str, str]:
-    # A bare Figure renders with Agg on savefig without touching pyplot, so
-    # the kernel's own matplotlib backend is left alone.
-    from matplotlib.figure import Figure
-
-    from pycontain.notebook.cell import figure_bundle
-    from pycontain.notebook.plot import plot
-
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.add_subplot()
-    plot(frame, ax=ax, title=f"container {container.name}: memory and CPU",
-         cpu_limit=getattr(container.config, "cpus", None))
-    return figure_bundle(fig)
 
 
 def register(ipython: Any) -> None:
