@@ -1134,17 +1134,27 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
     signals, and leave with the workload's status (also written to
     ``exit_fd``, the state directory's ``exit`` file, for other processes).
     Never returns."""
-    from pycontain.engine.child import exec_argv, forward_signals
+    from pycontain.engine.child import forward_signals, spawn_argv
 
     os.set_inheritable(exit_fd, False)
-    # Forked before the forwarding handlers exist: the workload keeps the
+    # Started before the forwarding handlers exist: the workload keeps the
     # default dispositions the engine reset.
-    workload = os.fork()
+    if argv is not None:
+        try:
+            workload = spawn_argv(argv, env)
+        except OSError as e:  # report like a shell does: 127 not found, 126 not executable
+            import traceback
+
+            with contextlib.suppress(OSError):
+                os.write(2, f"pycontain: {''.join(traceback.format_exception_only(e)).strip()}\n".encode())
+            with contextlib.suppress(OSError):
+                os.write(exit_fd, b"%d\n" % (127 if e.errno == errno.ENOENT else 126))
+            os._exit(127 if e.errno == errno.ENOENT else 126)
+    else:
+        workload = os.fork()
     if workload == 0:
         try:
             os.close(exit_fd)
-            if argv is not None:
-                exec_argv(argv, env)
             assert target is not None
             fn, args = target
             result = fn(*args)

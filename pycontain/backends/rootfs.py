@@ -683,7 +683,9 @@ def _call_without_path(fn: Callable[[], None]) -> Callable[[str], None]:
 
 
 def _is_mount_point(path: str) -> bool:
-    return any(m.mount_point == path for m in proc.mountinfo("self"))
+    if path == "/":
+        return True
+    return proc.mount_id(path) != proc.mount_id(os.path.dirname(path))
 
 
 def describe_plan(plan: RootfsPlan) -> list[str]:

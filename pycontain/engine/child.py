@@ -18,6 +18,7 @@ logging, the import machinery) at the instant of the fork:
 
 from __future__ import annotations
 
+import _signal
 import errno
 import fcntl
 import gc
@@ -130,15 +131,17 @@ def reset_signals() -> None:
     Python ignores SIGPIPE and SIGXFSZ and installs its own handlers; a
     workload must not inherit that (subprocess's restore_signals, runc).
     """
+    # The C-level _signal functions: signal's wrappers convert every number
+    # to an enum member, which costs more than the reset itself.
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
-            if signal.getsignal(sig) is not signal.SIG_DFL:
-                signal.signal(sig, signal.SIG_DFL)
+            if _signal.getsignal(sig) != _signal.SIG_DFL:
+                _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             continue  # reserved real-time signals of the C library
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
 def _set_pdeathsig(spec: ChildSpec, parent: int, parent_fd: int | None) -> None:
@@ -275,6 +278,39 @@ def exec_argv(argv: Sequence[str], env: dict[str, str]) -> NoReturn:
     raise kernel_error("execve", first_error.errno or errno.ENOENT, path=program,
                        hint="is the program installed and on PATH inside the container?"
                        if first_error.errno == errno.ENOENT else None)
+
+
+def spawn_argv(argv: Sequence[str], env: dict[str, str]) -> int:
+    """Start ``argv`` as a child with a PATH lookup in ``env``; return its pid.
+
+    posix_spawn(3): the C library starts the child with clone(CLONE_VM |
+    CLONE_VFORK), so no page table of this Python process is copied (a
+    fork of it costs ~0.5-1 ms, this ~0.1 ms). The child gets default
+    signal dispositions and an empty signal mask, like an exec'd program
+    after :func:`reset_signals`. Raises the typed error of the exec.
+    """
+    program = argv[0]
+    candidates = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
+    first_error: OSError | None = None
+    for path in candidates:
+        try:
+            if len(candidates) > 1:
+                # Each failed posix_spawn costs a process (and a pid inside the
+                # container): look first, as execvp's failed execve calls would.
+                os.stat(path)
+            return os.posix_spawn(path, list(argv), env, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
+        except OSError as e:
+            if first_error is None or (first_error.errno == errno.ENOENT and e.errno != errno.ENOENT):
+                first_error = e
+    assert first_error is not None
+    raise kernel_error("execve", first_error.errno or errno.ENOENT, path=program,
+                       hint="is the program installed and on PATH inside the container?"
+                       if first_error.errno == errno.ENOENT else None)
+
+
+# Every catchable signal: posix_spawn resets them to their defaults in the child.
+_DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals()
+                         if s not in (signal.SIGKILL, signal.SIGSTOP) and s < 32)
 
 
 def forward_signals(workload: int) -> None:
