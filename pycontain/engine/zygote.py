@@ -141,6 +141,16 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 os.close(f)
             reply(("error", None, PycontainError(f"bad request to the zygote: {e!r}", op="zygote")))
             continue
+        if spec == "import":
+            # Modules to keep loaded from now on, so later children have them.
+            failed = []
+            for name in env:
+                try:
+                    importlib.import_module(name)
+                except BaseException as e:  # a module may fail in any way: only its name comes back
+                    failed.append((name, f"{type(e).__name__}: {e}"))
+            reply(("imported", req_id, failed))
+            continue
         try:
             pid, parent_fd = forker.fork(spec)
         except BaseException as e:
@@ -231,12 +241,7 @@ class Zygote:
         """Ask the zygote for a child that becomes ``spec``; returns its pid."""
         import cloudpickle
 
-        if self._closed or self._dead:
-            raise KernelError("the zygote is gone", op="zygote", errno=errno.ESRCH,
-                              hint="make a new Zygote()")
-        if os.getpid() != self._owner:
-            raise KernelError(f"this zygote belongs to process {self._owner}", op="zygote", errno=errno.EPERM,
-                              hint="a forked process makes its own Zygote (shared_zygote() does that)")
+        self._check_usable()
         if spec.cwd is None and spec.preexec is None and "mnt" not in {kind for kind, _ in spec.join}:
             # A forked child starts in the caller's current directory; so does ours.
             # (Joining a mount namespace moves to its root, in both cases; a
@@ -290,6 +295,43 @@ class Zygote:
         if msg[0] == "error":
             raise msg[2]
         return int(msg[2])
+
+    def preload(self, modules: Iterable[str]) -> list[tuple[str, str]]:
+        """Import ``modules`` in the zygote, so children forked later have them loaded.
+
+        Returns ``(name, error)`` for the modules that failed to import (the
+        zygote goes on without them). Modules that start threads at import
+        are fine: a child of a fork has only the forking thread.
+
+        Example::
+
+            z.preload(["numpy", "pandas"])
+        """
+        import cloudpickle
+
+        names = [m for m in modules if isinstance(m, str) and m]
+        if not names:
+            return []
+        self._check_usable()
+        with self._send_lock:
+            self._next_id += 1
+            req_id = self._next_id
+            try:
+                self._sock.sendall(_frame(cloudpickle.dumps((req_id, "import", names, None))))
+            except OSError as e:
+                self._dead = True
+                raise kernel_error("send to zygote", e.errno or errno.EPIPE) from None
+        while req_id not in self._replies:
+            self._pump(None, lambda: req_id in self._replies)
+        return list(self._replies.pop(req_id)[2])
+
+    def _check_usable(self) -> None:
+        if self._closed or self._dead:
+            raise KernelError("the zygote is gone", op="zygote", errno=errno.ESRCH,
+                              hint="make a new Zygote()")
+        if os.getpid() != self._owner:
+            raise KernelError(f"this zygote belongs to process {self._owner}", op="zygote", errno=errno.EPERM,
+                              hint="a forked process makes its own Zygote (shared_zygote() does that)")
 
     # -- statuses (the reaper interface of Child) -------------------------------------------
 

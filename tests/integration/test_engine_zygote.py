@@ -161,3 +161,18 @@ def test_a_forked_copy_gets_its_own_shared_zygote() -> None:
         assert real_start(ChildSpec(argv=["true"]), zygote=mine).wait() == 0
     finally:
         mine.close()
+
+
+def _is_loaded(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_preload_keeps_modules_loaded_for_later_children(zygote: Zygote) -> None:
+    module = "xml.dom.minidom"
+    assert real_start(ChildSpec(target=_is_loaded, args=(module,)), zygote=zygote).result(10) is False
+    failed = zygote.preload([module, "no_such_module_pycontain_test"])
+    assert [name for name, _ in failed] == ["no_such_module_pycontain_test"]
+    assert "ModuleNotFoundError" in failed[0][1]
+    assert real_start(ChildSpec(target=_is_loaded, args=(module,)), zygote=zygote).result(10) is True
