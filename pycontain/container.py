@@ -356,15 +356,18 @@ class Container:
             os.close(fd)
 
     def start_python(self, fn: Callable[..., Any], args: Sequence[Any] = (), *, stdout: int | None = None,
-                     stderr: int | None = None, pass_fds: Sequence[int] = ()) -> Container:
+                     stderr: int | None = None, pass_fds: Sequence[int] = (), zygote: Any = None) -> Container:
         """Start the container with ``fn(*args)`` as its workload instead of a command.
 
-        The function runs in a fork of the caller, so it needs no Python in
-        the image; what it returns is its exit status (an int, or 0). Used by
-        ``%%container``.
+        By default the function runs in a fork of the caller, so it sees the
+        caller's memory (copy-on-write) and needs no Python in the image.
+        With ``zygote=`` (a :class:`pycontain.engine.Zygote`) it runs in a
+        fork of that helper instead, and ``fn`` and ``args`` travel by
+        cloudpickle. What it returns is its exit status (an int, or 0).
+        Used by ``%%container``.
         """
         return self._start(argv=None, target=(fn, tuple(args)), stdin=None, stdout=stdout, stderr=stderr,
-                           pass_fds=pass_fds)
+                           pass_fds=pass_fds, zygote=zygote)
 
     def _argv(self) -> tuple[str, ...]:
         if self.config.command:
@@ -382,7 +385,8 @@ class Container:
                 "workdir": cfg.workdir or None, "user": cfg.user or None}
 
     def _start(self, *, argv: Sequence[str] | None, target: tuple[Callable[..., Any], tuple[Any, ...]] | None,
-               stdin: int | None, stdout: int | None, stderr: int | None, pass_fds: Sequence[int] = ()) -> Container:
+               stdin: int | None, stdout: int | None, stderr: int | None, pass_fds: Sequence[int] = (),
+               zygote: Any = None) -> Container:
         from pycontain.backends import hardening
         from pycontain.cgroup import Cgroup
         from pycontain.container_gc import collect
@@ -464,7 +468,7 @@ class Container:
                     preexec=setup.enter,
                     env=env,
                 )
-                self._child = start(spec, zygote=_fork_source(target))
+                self._child = start(spec, zygote=zygote if target is not None else _fork_source())
                 _fault("after_engine_start")
                 cleanup.pop_all()
                 os.close(exit_fd)
@@ -1082,9 +1086,9 @@ _ZYGOTE_PRELOAD = (
 )
 
 
-def _fork_source(target: Any) -> Any:
-    """The zygote to fork from, or None to fork the caller."""
-    if FORK_SOURCE == "caller" or target is not None:
+def _fork_source() -> Any:
+    """The zygote to fork a command's container from, or None to fork the caller."""
+    if FORK_SOURCE == "caller":
         return None
     from pycontain.engine import shared_zygote
 

@@ -27,7 +27,7 @@ def container_zygote() -> object:
     from pycontain.container import _fork_source
 
     if os.geteuid() == 0:
-        _fork_source(None)
+        _fork_source()
     yield
 
 

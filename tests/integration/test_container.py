@@ -235,3 +235,36 @@ def test_dies_with_its_creator() -> None:
     removed = pycontain.container.cleanup_orphans()
     assert "child-of-doomed" in removed
     assert pycontain.containers().empty
+
+
+def _report_inside(path: str) -> int:
+    import socket
+
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()} {socket.gethostname()} {'_SET_AT_RUN_TIME' in globals()}")
+    return 5
+
+
+def test_start_python_from_a_zygote_runs_inside_without_the_callers_memory() -> None:
+    from pycontain.engine import Zygote
+
+    globals()["_SET_AT_RUN_TIME"] = 1  # only in this process's memory
+    out = f"/tmp/pycontain-test-{os.getpid()}.txt"
+    try:
+        with Zygote() as z:
+            c = Container(volumes=["/tmp:/mnt/host-tmp"], name="py-zygote")
+            try:
+                c.start_python(_report_inside, ("/mnt/host-tmp/" + os.path.basename(out),), zygote=z)
+                assert c.wait(10) == 5
+            finally:
+                c.remove(force=True)
+        with open(out) as f:
+            pid, host, seen = f.read().split()
+        # PID 2: the container's init is PID 1. The function ran in a fork of
+        # the zygote, which imported this module afresh: what the caller set
+        # at run time is not there (a fork of the caller would see it).
+        assert (pid, host, seen) == ("2", "py-zygote", "False")
+    finally:
+        del globals()["_SET_AT_RUN_TIME"]
+        if os.path.exists(out):
+            os.unlink(out)
