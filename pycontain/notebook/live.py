@@ -40,8 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: How long a cell runs before the live monitor appears (unless ``--monitor``).
 MONITOR_DELAY_S = 1.0
-#: The redraw period: 2.5 updates a second, so at least two even when a draw
-#: (~0.1-0.3 s on a busy 2-core host) or the pump's tick makes one late.
+#: The redraw period: 2.5 updates a second, so at least two even when the
+#: pump's tick or a busy host makes one late.
 MONITOR_REDRAW_S = 0.4
 #: How often the pump loop must call :meth:`LiveView.tick` for that rate.
 MONITOR_TICK_S = 0.1
@@ -297,9 +297,32 @@ class _WidgetSurface(_PngSurface):
         self.widgets = []
 
 
+#: Set once this process has done :func:`_preload`.
+_WARM = threading.Event()
+_preload_thread: threading.Thread | None = None
+
+
+def _start_preload() -> threading.Thread | None:
+    """Start :func:`_preload` in a thread, once per process; the thread, or
+    None if it was started before."""
+    global _preload_thread
+    if _preload_thread is not None:
+        return None
+    _preload_thread = threading.Thread(target=_preload, name="pycontain-live-preload", daemon=True)
+    _preload_thread.start()
+    return _preload_thread
+
+
 def _preload() -> None:
     """Imports and a throwaway plot: loads fonts and fills matplotlib's text
-    caches, the bulk of the first draw's cost (~1 s cold)."""
+    caches, the bulk of the first draw's cost (~2 s cold)."""
+    try:
+        _warm_up()
+    finally:
+        _WARM.set()
+
+
+def _warm_up() -> None:
     try:
         import ipywidgets  # noqa: F401
     except ImportError:  # optional: the PNG surface does without
@@ -360,12 +383,17 @@ class LiveView:
         """Start sampling the container's cgroup."""
         self.t_start = self.clock()
         self.monitor = self.container.monitor(interval=MONITOR_SAMPLE_S)
-        if self.show is not False:
-            # The first plot of a kernel imports pandas, matplotlib and
-            # ipywidgets (~2 s cold): a thread does it while the pump loop
-            # goes on forwarding the cell's output; tick() draws once it is done.
-            self._loader = threading.Thread(target=_preload, name="pycontain-live-preload", daemon=True)
-            self._loader.start()
+        if self.show is True:
+            self._preload()
+
+    def _preload(self) -> None:
+        # The first plot of a kernel imports pandas, matplotlib and ipywidgets
+        # and loads fonts (~2 s cold): a thread does it while the pump loop
+        # goes on forwarding the cell's output; tick() draws once it is done.
+        # A cell without --monitor starts it only once it ran half the delay,
+        # so short cells never pay for it.
+        if not _WARM.is_set() and self._loader is None:
+            self._loader = _start_preload()
 
     def tick(self) -> None:
         """Redraw if one is due (cheap when not)."""
@@ -373,8 +401,13 @@ class LiveView:
             return
         now = self.clock()
         if self.show is not True and now - self.t_start < MONITOR_DELAY_S:
+            if now - self.t_start >= MONITOR_DELAY_S / 2:
+                self._preload()
             return
-        if now < self.next_draw or (self._loader is not None and self._loader.is_alive()):
+        if now < self.next_draw:
+            return
+        if not _WARM.is_set():
+            self._preload()  # (a no-op unless no cell started it yet)
             return
         # Keep a fixed cadence: a late draw does not push the next one back
         # (unless a whole period was missed), so the rate stays 1/period.
@@ -388,8 +421,11 @@ class LiveView:
             return
         self.monitor.stop()
         if self._loader is not None:
+            # No thread of ours outlives the cell: a fork (--snapshot) while
+            # it holds an import lock would leave the lock held in the child.
             self._loader.join()
         if (self.surface is not None or self.show is True) and not self.failed:
+            _WARM.wait(30)  # (another cell's preload, cut short by an error there)
             self._draw(final=True)
 
     def frame(self) -> pd.DataFrame:

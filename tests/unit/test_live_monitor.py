@@ -167,6 +167,9 @@ class Clock:
 @pytest.fixture
 def surfaces(monkeypatch: pytest.MonkeyPatch) -> list[Recorder]:
     made: list[Recorder] = []
+    warm = live.threading.Event()
+    warm.set()  # this process has preloaded (test_preload_* start cold)
+    monkeypatch.setattr(live, "_WARM", warm)
 
     def make(text: str) -> Recorder:
         made.append(Recorder(text))
@@ -191,8 +194,6 @@ class FakePlot:
 def run(view: live.LiveView, clock: Clock, seconds: float, step: float = live.MONITOR_TICK_S) -> list[float]:
     """Tick like the pump loop does; returns the times at which it drew."""
     view.start()
-    if view._loader is not None:
-        view._loader.join()
     times = []
     end = clock.now + seconds
     while clock.now < end:
@@ -237,6 +238,63 @@ def test_default_waits_for_the_delay(surfaces: list[Recorder]) -> None:
     clock = Clock()
     times = run(live.LiveView(FakeContainer(), None, clock=clock), clock, 2.0)
     assert times and times[0] - 100.0 >= live.MONITOR_DELAY_S - 1e-9
+
+
+class Preload:
+    def __init__(self) -> None:
+        self.threads: list[live.threading.Thread] = []
+        self.release = live.threading.Event()
+
+    def warm_up(self) -> None:
+        self.threads.append(live.threading.current_thread())
+        self.release.wait(10)
+
+
+@pytest.fixture
+def cold(monkeypatch: pytest.MonkeyPatch, surfaces: list[Recorder]) -> Preload:
+    """A process that has not preloaded yet; its preload waits for ``release``."""
+    preload = Preload()
+    monkeypatch.setattr(live, "_WARM", live.threading.Event())
+    monkeypatch.setattr(live, "_preload_thread", None)
+    monkeypatch.setattr(live, "_warm_up", preload.warm_up)
+    return preload
+
+
+def test_preload_runs_in_a_thread_then_the_plot_shows(cold: Preload, surfaces: list[Recorder]) -> None:
+    clock = Clock()
+    view = live.LiveView(FakeContainer(), True, clock=clock)
+    view.start()
+    assert view._loader is not None and view._loader.is_alive()
+    for _ in range(5):  # the pump goes on; no draw until the preload is done
+        view.tick()
+        clock.now += 0.1
+    assert view.draws == 0 and surfaces == []
+    cold.release.set()
+    view._loader.join()
+    assert cold.threads == [view._loader] and live._WARM.is_set()
+    view.tick()
+    assert view.draws == 1
+    # Once per process: the next cell starts no thread.
+    other = live.LiveView(FakeContainer(), True, clock=clock)
+    other.start()
+    assert other._loader is None
+
+
+def test_short_cells_do_not_preload(cold: Preload, surfaces: list[Recorder]) -> None:
+    clock = Clock()
+    view = live.LiveView(FakeContainer(), None, clock=clock)
+    run(view, clock, live.MONITOR_DELAY_S / 2 - 0.05)
+    view.stop()
+    assert cold.threads == [] and view._loader is None
+    # A longer one starts it half-way to the delay, and stop() waits for it
+    # (no thread of ours survives the cell into a later fork).
+    view = live.LiveView(FakeContainer(), None, clock=clock)
+    run(view, clock, live.MONITOR_DELAY_S / 2 + 0.15)
+    loader = view._loader
+    assert loader is not None and loader.is_alive()
+    cold.release.set()
+    view.stop()
+    assert not loader.is_alive() and surfaces == []
 
 
 def test_no_monitor_never_draws_but_samples(surfaces: list[Recorder]) -> None:
