@@ -723,8 +723,9 @@ def compile_bpf(profile: Profile | None, caps: Iterable[str] = _DEFAULT_CAPS) ->
     """The filter of :func:`build_filter` as a raw classic-BPF program (cached).
 
     Compiling the default profile takes libseccomp tens of milliseconds, so
-    each (profile, capability set) is compiled once per process; the child
-    only hands the bytes to the kernel. None for no profile.
+    each (profile, capability set) is compiled once per process, and kept in
+    the state directory for later processes (:mod:`pycontain.backends.seccomp_cache`);
+    the child only hands the bytes to the kernel. None for no profile.
 
     Example::
 
@@ -734,6 +735,13 @@ def compile_bpf(profile: Profile | None, caps: Iterable[str] = _DEFAULT_CAPS) ->
         return None
     key = (profile, frozenset(_cap_key(c) for c in caps))
     program = _BPF_CACHE.get(key)
+    if program is None:
+        # Also kept on disk for the next process (the CLI starts one per
+        # container): see pycontain.backends.seccomp_cache.
+        from pycontain.backends import seccomp_cache
+
+        disk_key = seccomp_cache.cache_key(profile, key[1])
+        program = seccomp_cache.load(disk_key)
     if program is None:
         filt = build_filter(profile, key[1])
         fd = os.memfd_create("pycontain-seccomp", os.MFD_CLOEXEC)
@@ -747,7 +755,8 @@ def compile_bpf(profile: Profile | None, caps: Iterable[str] = _DEFAULT_CAPS) ->
             program = b"".join(chunks)
         finally:
             os.close(fd)
-        _BPF_CACHE[key] = program
+        seccomp_cache.store(disk_key, program)
+    _BPF_CACHE[key] = program
     return program
 
 

@@ -1,0 +1,127 @@
+"""Compiled seccomp programs kept between processes, in the state directory.
+
+Compiling the default profile costs libseccomp tens of milliseconds, and
+importing pyseccomp (which runs ``ldconfig -p`` to find the library) as
+much again. :func:`pycontain.backends.seccomp.compile_bpf` caches per
+process, which a notebook kernel reuses; the ``pycontain`` command starts one
+process per container and would pay both every time. So the program is also
+kept as a file: ``<state dir>/seccomp/<key>.bpf``.
+
+The key covers everything the program depends on: the parsed profile and
+the capability set (both plain tuples, so their repr is stable), the machine
+and the running kernel (rules depend on both), and the code that compiles:
+this package's seccomp module and pyseccomp (size and mtime), and
+/etc/ld.so.cache (rewritten by ldconfig whenever a shared library such as
+libseccomp is installed or upgraded). The state directory is a tmpfs for root
+(/run/pycontain), so nothing outlives a reboot either.
+
+A program file is trusted only when it is a regular file owned by this user
+in a directory owned by this user, neither writable by group or others, and
+its size is a whole number of BPF instructions within the kernel's limit.
+Anything else is a miss, and the program is compiled as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import platform
+import stat
+from collections.abc import Iterable
+from typing import Any
+
+from pycontain.statedir import state_dir
+
+__all__ = ["load", "store", "cache_key"]
+
+FORMAT = 1
+_INSN = 8  # sizeof(struct sock_filter)
+_MAX_INSNS = 4096  # BPF_MAXINSNS
+
+
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def cache_key(profile: Any, caps: Iterable[str]) -> str:
+    """The file name stem for ``profile`` compiled for a container keeping ``caps``."""
+    from pycontain.backends import seccomp
+
+    try:
+        spec = importlib.util.find_spec("pyseccomp")
+    except (ImportError, ValueError):
+        spec = None
+    parts = (
+        FORMAT,
+        profile,
+        tuple(sorted(caps)),
+        platform.machine(),
+        platform.release(),
+        _file_id(seccomp.__file__),
+        _file_id(spec.origin if spec is not None else None),
+        _file_id("/etc/ld.so.cache"),
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _directory() -> str:
+    return os.path.join(state_dir(), "seccomp")
+
+
+def _private(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def load(key: str) -> bytes | None:
+    """The program stored under ``key``, or None (missing, or not to be trusted)."""
+    directory = _directory()
+    try:
+        dir_st = os.stat(directory, follow_symlinks=False)
+        if not stat.S_ISDIR(dir_st.st_mode) or not _private(dir_st):
+            return None
+        fd = os.open(os.path.join(directory, key + ".bpf"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or not _private(st) or not 0 < size <= _MAX_INSNS * _INSN \
+                or size % _INSN:
+            return None
+        data = os.read(fd, size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) == size else None
+
+
+def store(key: str, program: bytes) -> None:
+    """Keep ``program`` under ``key`` (best effort: a failure only loses the cache)."""
+    directory = _directory()
+    tmp = os.path.join(directory, f".{key}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        dir_st = os.stat(directory, follow_symlinks=False)
+        if not stat.S_ISDIR(dir_st.st_mode) or not _private(dir_st):
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(program)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, os.path.join(directory, key + ".bpf"))  # readers see all of it or none
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
