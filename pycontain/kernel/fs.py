@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from pycontain.errors import kernel_error
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# "libc.so.6" directly, as kernel.syscalls does: find_library() runs ldconfig
+# in a subprocess, on every start of every process that imports this.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 #: f_type magic -> name (include/uapi/linux/magic.h)
 FS_MAGIC: dict[int, str] = {
