@@ -19,6 +19,7 @@ forked copy of the shell gets a display publisher that writes to the pipe.
 from __future__ import annotations
 
 import ast
+import contextlib
 import linecache
 import os
 import pickle
@@ -26,7 +27,7 @@ import selectors
 import struct
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 _HEADER = struct.Struct("!I")
@@ -203,13 +204,18 @@ def _prepare_process(event_fd: int) -> Callable[[Any], None]:
 
 
 def _run_one(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd: int, ns: dict[str, Any],
-             show: Callable[[Any], None]) -> int:
+             show: Callable[[Any], None], stop: _StopButton | None = None) -> int:
     if inputs:
         ns.update(pickle.loads(inputs))
     status = 0
     try:
-        _run_code(code, ns, show)
-        _flush_figures()
+        if stop is None:
+            _run_code(code, ns, show)
+            _flush_figures()
+        else:
+            with stop.armed():
+                _run_code(code, ns, show)
+                _flush_figures()
     except BaseException as exc:  # the user's error, reported as the cell's error
         status = 1
         sys.stdout.flush()
@@ -233,25 +239,58 @@ def cell_server(request_fd: int, event_fd: int) -> int:
     show = _prepare_process(event_fd)
     ns: dict[str, Any] = {"__name__": "__main__", "display": _display_many(show)}
     # The notebook's stop button arrives as SIGINT: a KeyboardInterrupt in
-    # the cell, which ends the cell but keeps the namespace.
-    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    # the cell, which ends the cell but keeps the namespace (and the server).
+    stop = _StopButton()
+    _signal.signal(_signal.SIGINT, stop.handler)
     reader = _Reader()
     while True:
-        try:
-            chunk = os.read(request_fd, 1 << 16)
-        except KeyboardInterrupt:
-            continue
+        chunk = os.read(request_fd, 1 << 16)
         if not chunk:
             return 0
         for kind, payload in reader.feed(chunk):
             if kind != "cell":
                 continue
             code, inputs, outputs = payload
-            try:
-                status = _run_one(code, inputs, outputs, event_fd, ns, show)
-            except KeyboardInterrupt:  # arrived between the cell and its report
-                status = 1
+            status = _run_one(code, inputs, outputs, event_fd, ns, show, stop)
             send_event(event_fd, "done", status)
+
+
+class _StopButton:
+    """SIGINT in a persistent container's cell server.
+
+    One press of the notebook's stop button reaches the cell as several
+    SIGINTs within milliseconds: the kernel's whole process group gets it
+    (this process and the container's PID 1, which passes it on), and the
+    magic sends one more. Raised on each, a second KeyboardInterrupt would
+    cut through the server's own bookkeeping (the error and ``done``
+    events, half-written) and end the server, losing the container's state.
+    So: a KeyboardInterrupt only while the user's code runs, and one per
+    press (copies within ``SAME_PRESS_S`` of the last are dropped). A later
+    press still interrupts a cell that caught the first one.
+    """
+
+    SAME_PRESS_S = 0.5
+
+    def __init__(self) -> None:
+        self._armed = False
+        self._last = float("-inf")
+
+    def handler(self, signum: int, frame: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        if not self._armed or now - self._last < self.SAME_PRESS_S:
+            return
+        self._last = now
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
 
 
 def send_request(fd: int, code: str, inputs: bytes | None, outputs: Iterable[str]) -> None:
@@ -296,6 +335,88 @@ def pickle_inputs(ns: Mapping[str, Any], names: Iterable[str]) -> tuple[bytes, d
 # -- kernel side --------------------------------------------------------------------------
 
 
+class StopButton:
+    """The notebook's stop button (SIGINT) in the kernel while ``%%container`` runs.
+
+    Starting and removing a container are many steps (cgroup, layers, state
+    records, the zygote's protocol); a KeyboardInterrupt raised half-way
+    through one would leave pieces behind. While a ``StopButton`` is active
+    (``with StopButton():``, in the kernel's main thread), a press is held,
+    and becomes a KeyboardInterrupt only where the magic handles it: while
+    :meth:`CellEvents.pump` waits for the cell's output (at once), at
+    :func:`check_stop`, or when the ``with`` block ends. Elsewhere (another
+    thread, a host without signals there) it does nothing: presses raise as
+    usual.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._armed = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._armed:
+            self.pressed = False
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __enter__(self) -> StopButton:
+        import signal
+        import threading
+
+        global _active_stop
+        if _active_stop is None and threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not None:  # None: a handler not set from Python, which we could not restore
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+                _active_stop = self
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        import signal
+
+        global _active_stop
+        if not self._installed:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        self._installed = False
+        _active_stop = None
+        if self.pressed and exc_type is None:
+            self.pressed = False
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt for a press held so far."""
+        if self.pressed:
+            self.pressed = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        """A block where a press raises at once (a held one first)."""
+        self.check()
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+
+
+_active_stop: StopButton | None = None
+
+
+def check_stop() -> None:
+    """Raise KeyboardInterrupt if the stop button was pressed while held (see :class:`StopButton`)."""
+    if _active_stop is not None:
+        _active_stop.check()
+
+
+def _armed_stop() -> contextlib.AbstractContextManager[None]:
+    return _active_stop.armed() if _active_stop is not None else contextlib.nullcontext()
+
+
 class CellEvents:
     """Pump a running cell's stdout, stderr and events until all three close.
 
@@ -326,7 +447,10 @@ class CellEvents:
                 if until is not None and until():
                     self._drain(open_fds, decoders, on_stdout, on_stderr, on_event)
                     return
-                for key, _ in sel.select(timeout=tick):
+                # Waiting is the one place where the stop button may cut in.
+                with _armed_stop():
+                    ready = sel.select(timeout=tick)
+                for key, _ in ready:
                     fd = int(key.fd)
                     try:
                         chunk = os.read(fd, 1 << 16)

@@ -66,7 +66,12 @@ class ContainerMagics(Magics):
             return self._line_command(args.rest)
         if args.rest:
             raise UsageError(f"unexpected arguments: {' '.join(args.rest)}")
-        return run_cell(self.shell, cell, args, self.persistent)
+        from pycontain.notebook.cell import StopButton
+
+        # The stop button ends the running cell; it does not cut the
+        # container's start or removal in half (see StopButton).
+        with StopButton():
+            return run_cell(self.shell, cell, args, self.persistent)
 
     @line_magic
     def containers(self, line: str = "") -> Any:
@@ -158,7 +163,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         except KeyboardInterrupt:
             container.kill()
             outcome["interrupted"] = True
-        code = container.wait()
+        code = _wait_stoppable(container, outcome)
         view.stop()
     except PycontainError as e:
         container.remove(force=True)
@@ -240,7 +245,7 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
                     out_names: list[str]) -> None:
     import signal
 
-    from pycontain.notebook.cell import send_request
+    from pycontain.notebook.cell import check_stop, send_request
 
     p = persistent.get(args.name)
     if p is not None and p.container.status != "running":
@@ -253,6 +258,9 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
     t0 = time.monotonic()
     cpu0 = container.usage().get("cpu_s", 0.0)
     outcome: dict[str, Any] = {}
+    # Pressed while the container started: don't start the cell at all (a
+    # cell server not yet in the cell would drop the press).
+    check_stop()
     send_request(p.request_w, cell, blob, out_names)
 
     def on_event(kind: str, payload: Any) -> None:
@@ -309,6 +317,26 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _wait_stoppable(container: Any, outcome: dict[str, Any]) -> int:
+    """Wait for the container once the cell's output pipes closed: at once,
+    usually; but a cell can close its output and go on, and the stop button
+    must still end it."""
+    from pycontain.errors import Timeout
+    from pycontain.notebook.cell import check_stop
+
+    while True:
+        try:
+            return int(container.wait(timeout=0.1))
+        except Timeout:
+            pass
+        try:
+            check_stop()
+        except KeyboardInterrupt:
+            container.kill()
+            outcome["interrupted"] = True
+            return int(container.wait())
 
 
 def _explain_start_failure(error: BaseException) -> None:
