@@ -84,12 +84,17 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so readers never see half a file."""
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    # One dumps and one write (json.dump writes chunk by chunk); the
+    # directory is made only if the first try says it is missing.
+    text = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except FileNotFoundError:
+        ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -228,8 +228,10 @@ class RootfsPlan:
         if len(set(dests)) != len(dests):
             raise InvalidArgument("two volumes share a destination", field="volumes.destination", value=dests)
         put(self, "volumes", vols)
-        for name in ("masked_paths", "readonly_paths"):
+        for name, default in (("masked_paths", MASKED_PATHS), ("readonly_paths", READONLY_PATHS)):
             paths = getattr(self, name)
+            if paths is default:
+                continue  # Docker's lists, checked by the tests: not again in every container's setup
             if isinstance(paths, str):
                 raise InvalidArgument(f"{name} is a list of paths", field=name, value=paths)
             clean = tuple(_clean_abs(p, name) for p in paths)
