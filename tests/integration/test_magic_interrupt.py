@@ -253,6 +253,7 @@ def press_stop(k: Kernel, run: Running, burst: float = 0) -> tuple[dict[str, Any
 
 
 def assert_interrupted(reply: dict[str, Any], elapsed: float) -> None:
+    print(f"the cell stopped {elapsed:.2f} s after the press")
     assert reply["status"] == "error", reply
     assert reply["ename"] == "KeyboardInterrupt", reply
     assert elapsed < REPLY_WITHIN_S, f"the cell took {elapsed:.1f} s to stop"
