@@ -129,6 +129,22 @@ class Container:
             beyond get ENOSPC and ``usage()["storage_full"]`` says so. The
             layer then lives on a tmpfs (memory, charged to the container's
             memory cgroup) until remove(); overlay driver only.
+        userns: run the container in a user namespace of its own (like
+            ``podman run --userns`` or Docker's userns-remap). None (the
+            default): the container's root is the host's root, confined by
+            capabilities, seccomp and namespaces. ``True`` or ``"auto"``:
+            its ids 0..65535 are host ids 100000..165535; or an id map
+            ``"inside outside count"`` (lines split by newlines or ``;``) for
+            uids and gids, or ``{"uid_map": ..., "gid_map": ...}``. Inside,
+            ``id`` says 0 and the image's files belong to root (the layers
+            are idmapped mounts, so the writable layer still commits as
+            uid 0); on the host its processes, and the files it creates in
+            volumes, are the mapped ids (100000). Its capabilities count
+            only inside the user namespace, which owns none of the
+            container's other namespaces: even with ``cap_add=["ALL"]`` it
+            cannot load modules, mount, set the hostname or override the
+            permissions of host files. The map must map inside id 0 and not
+            reach host id 0. Overlay storage driver only.
 
     Raises:
         InvalidArgument: for any bad option, before anything is created.
@@ -162,12 +178,13 @@ class Container:
         ports: Any = None,
         bandwidth: Any = None,
         storage_size: Any = None,
+        userns: Any = None,
     ) -> None:
         self.config: ContainerConfig = make_config(
             image=image, command=command, name=name, memory=memory, cpus=cpus, pids=pids, cpuset=cpuset,
             network=network, hostname=hostname, env=env, volumes=volumes, workdir=workdir, user=user,
             read_only=read_only, cap_add=cap_add, cap_drop=cap_drop, seccomp=seccomp, detach=detach,
-            ports=ports, bandwidth=bandwidth, storage_size=storage_size,
+            ports=ports, bandwidth=bandwidth, storage_size=storage_size, userns=userns,
         )
         self._external = False
         self.name = self.config.name
@@ -291,6 +308,7 @@ class Container:
             "pids_limit": self.config.pids,
             "network": self.config.network if isinstance(self.config.network, str) else getattr(
                 self.config.network, "name", "?"),
+            "userns": self.config.userns.record() if self.config.userns is not None else None,
             "options": _options_record(self.config),
         }
         self._created = data["created"]
@@ -401,7 +419,10 @@ class Container:
             # What crashed creators left behind goes first (cheap when there is nothing).
             collect()
             cleanup = contextlib.ExitStack()
+            holder: _UserNamespaceHolder | None = None
             try:
+                if self.config.userns is not None:
+                    _check_userns_storage(self.config)
                 # 1. the writable root
                 with _no_space("prepare the writable layer", _layers_dir()):
                     self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
@@ -442,6 +463,10 @@ class Container:
                                   0o600)
                 cleanup.callback(os.close, exit_fd)
                 rootfs_plan = self._rootfs.sized.plan if self._rootfs.sized is not None else self._rootfs.plan
+                if self.config.userns is not None:
+                    # 4. the user namespace with its maps, kept by a helper until PID 1 joined it
+                    holder = _UserNamespaceHolder(self.config.userns)
+                    cleanup.callback(holder.release)
                 setup = _ChildSetup(
                     root_plan=rootfs_plan,
                     root_target=self._rootfs.target,
@@ -452,6 +477,7 @@ class Container:
                     hosts_path=getattr(net, "hosts_path", None),
                     # Not an option: set only by the sandbox tests' calibration runs.
                     allow_new_privs=getattr(self, "_test_allow_new_privs", False) is True,
+                    userns_path=holder.path if holder is not None else None,
                 )
                 spec = ChildSpec(
                     target=_container_init,
@@ -470,6 +496,8 @@ class Container:
                 )
                 self._child = start(spec, zygote=zygote if target is not None else _fork_source())
                 _fault("after_engine_start")
+                if holder is not None:
+                    holder.release()  # PID 1 is in the namespace now: it lives as long as the container
                 cleanup.pop_all()
                 os.close(exit_fd)
             except BaseException:
@@ -660,7 +688,7 @@ class Container:
         full_env = dict(_ENV_DEFAULT)
         full_env.update(self.config.env)
         full_env.update(parse_env(env))
-        setup = _ExecSetup(self._exec_confinement(workdir))
+        setup = _ExecSetup(self._exec_confinement(workdir), userns=self.config.userns is not None)
         child = start(ChildSpec(argv=command, env=full_env, stdin=stdin, stdout=stdout, stderr=stderr,
                                 preexec=setup.enter, **self._join_spec()))
         if not wait:
@@ -676,7 +704,7 @@ class Container:
         """
         from pycontain.engine import ChildSpec, start
 
-        setup = _ExecSetup(self._exec_confinement(None))
+        setup = _ExecSetup(self._exec_confinement(None), userns=self.config.userns is not None)
         # Leaving the with block kills a child that outlived the timeout.
         with start(ChildSpec(target=fn, args=args, kwargs=kwargs, preexec=setup.enter,
                              **self._join_spec())) as child:
@@ -987,6 +1015,7 @@ def _options_record(cfg: ContainerConfig) -> dict[str, Any]:
         "detach": cfg.detach,
         "ports": {str(k): v for k, v in cfg.ports.items()},
         "storage_size": cfg.storage_size,
+        "userns": cfg.userns.record() if cfg.userns is not None else None,
         "volumes": [f"{v.source}:{v.destination}:{'ro' if v.read_only else 'rw'}" for v in cfg.volumes
                     if os.path.exists(v.source)],
     }
@@ -1025,9 +1054,16 @@ class _ChildSetup:
     loopback: bool
     hosts_path: str | None = None
     allow_new_privs: bool = False
+    #: the user namespace to join (``userns=``): a /proc/PID/ns/user of the helper that holds it
+    userns_path: str | None = None
 
     def enter(self) -> None:
-        """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening."""
+        """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening.
+
+        With a user namespace, everything up to the hardening is done with
+        the host's privilege (idmapped layers, mounts), then PID 1 joins
+        the namespace as its root (:mod:`pycontain.backends.userns`).
+        """
         from pycontain.backends import capabilities, hardening, rootfs
         from pycontain.kernel import syscalls
 
@@ -1046,22 +1082,48 @@ class _ChildSetup:
             # and leave: a read-only bind keeps the names current.
             volumes.append((self.hosts_path, "/etc/hosts", True))
             files = {}
-        rootfs.enter_rootfs(
-            self.root_target,
-            mount_root=self.mount_root,
-            volumes=volumes,
-            read_only=self.config.read_only,
-            files=files,
-        )
+        if self.userns_path is None:
+            rootfs.enter_rootfs(
+                self.root_target,
+                mount_root=self.mount_root,
+                volumes=volumes,
+                read_only=self.config.read_only,
+                files=files,
+            )
+        else:
+            from pycontain.backends import userns
+            from pycontain.kernel import nsfs
+
+            ids = self.config.userns
+            assert ids is not None
+            # Opened first: the helper's /proc entry is gone once the host's /proc is.
+            userns_fd = nsfs.open_namespace(self.userns_path)
+            try:
+                with userns.mapped_root(ids.root_uid, ids.root_gid):
+                    rootfs.enter_rootfs(
+                        self.root_target,
+                        mount_root=lambda: self.mount_root(userns_fd),
+                        volumes=volumes,
+                        read_only=self.config.read_only,
+                        files=files,
+                    )
+                userns.enter_user_namespace(userns_fd)
+            finally:
+                os.close(userns_fd)
         hardening.confine(self.confinement)
         _verify_cwd()
 
-
-    def mount_root(self) -> None:
-        """The image's layers on the root target, in our private mount namespace."""
+    def mount_root(self, userns_fd: int | None = None) -> None:
+        """The image's layers on the root target, in our private mount namespace
+        (idmapped through the user namespace ``userns_fd`` if given)."""
         from pycontain.backends import storage_driver
 
-        storage_driver.mount_rootfs(self.root_plan, self.root_target)
+        plan = self.root_plan
+        if userns_fd is not None:
+            from pycontain.backends import userns
+
+            plan = userns.idmap_plan(plan, self.root_target, userns_fd)
+        storage_driver.mount_rootfs(plan, self.root_target)
 
 
 #: Where containers are forked from: "zygote" (default), a small helper
@@ -1082,6 +1144,7 @@ _ZYGOTE_PRELOAD = (
     "pycontain.backends.capabilities",
     "pycontain.backends.seccomp",
     "pycontain.backends.storage_driver",
+    "pycontain.backends.userns",
     "pycontain.kernel.syscalls",
 )
 
@@ -1095,15 +1158,84 @@ def _fork_source() -> Any:
     return shared_zygote(_ZYGOTE_PRELOAD)
 
 
+def _check_userns_storage(config: ContainerConfig) -> None:
+    """userns= needs idmapped overlay layers: refuse other storage drivers up front."""
+    from pycontain.backends import storage_driver
+
+    driver = storage_driver.select_driver(_image_of(config).store).name
+    if driver != "overlay":
+        raise InvalidArgument(f"userns needs the overlay storage driver; this store uses {driver}",
+                              field="userns", value=config.userns.record() if config.userns else None,
+                              hint="leave userns unset, or use a store where overlay is chosen "
+                                   "(PYCONTAIN_STORE on a non-btrfs disk, PYCONTAIN_STORAGE_DRIVER=overlay)")
+
+
+def _hold_until_eof(fd: int) -> None:
+    """The user-namespace helper's workload: wait until the creator closes the pipe."""
+    while os.read(fd, 1):
+        pass
+
+
+class _UserNamespaceHolder:
+    """A helper process in a new user namespace with the container's id maps
+    (written by the engine), which keeps it alive until the container's PID 1
+    has joined it (its ``path``). Dies with its creator (pdeathsig); nothing
+    of it is left on the host after :meth:`release`."""
+
+    def __init__(self, ids: Any) -> None:
+        from pycontain.engine import ChildSpec, start
+        from pycontain.kernel import nsfs
+
+        r, w = os.pipe()
+        try:
+            self._child: Child | None = start(ChildSpec(
+                target=_hold_until_eof, args=(r,), new=frozenset({"user"}), uid_map=ids.uid_map,
+                gid_map=ids.gid_map, pass_fds=(r,)))
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self._w: int | None = w
+        self.path = nsfs.proc_ns_path(self._child.pid, "user")
+
+    def release(self) -> None:
+        """End the helper (idempotent)."""
+        if self._w is not None:
+            os.close(self._w)
+            self._w = None
+        child, self._child = self._child, None
+        if child is not None:
+            try:
+                child.wait(10)
+            except BaseException:
+                child.kill()
+                child.wait()
+                raise
+
+
 @dataclass
 class _ExecSetup:
     """What an exec'd process does after joining the container's namespaces."""
 
     confinement: Any
+    userns: bool = False
 
     def enter(self) -> None:
         from pycontain.backends import hardening
 
+        if self.userns:
+            # Joined last, as PID 1 did: the container's other namespaces
+            # belong to the host's user namespace, so joining them needs the
+            # host's privilege. /proc is the container's now: 1 is its init.
+            from pycontain.backends import userns
+            from pycontain.kernel import nsfs
+
+            fd = nsfs.open_namespace(nsfs.proc_ns_path(1, "user"))
+            try:
+                userns.enter_user_namespace(fd)
+            finally:
+                os.close(fd)
         hardening.confine(self.confinement)
         _verify_cwd()
 

@@ -40,6 +40,109 @@ class Volume:
     read_only: bool = False
 
 
+#: ``userns=True`` (or "auto"): the container's ids 0..65535 are host ids
+#: 100000..165535, for uids and gids (podman's and Docker's usual range).
+DEFAULT_USERNS_MAP = "0 100000 65536"
+_ID_MAP_MAX_LINES = 340  # user_namespaces(7), since Linux 4.15
+_ID_LIMIT = 0xFFFFFFFF  # (uid_t)-1 is no id; a range must end below it
+
+
+@dataclass(frozen=True)
+class UsernsMap:
+    """The id maps of a container's user namespace: "inside outside count" lines."""
+
+    uid_map: str
+    gid_map: str
+
+    @property
+    def root_uid(self) -> int:
+        """The host uid of the container's root."""
+        return _outside_of_zero(self.uid_map)
+
+    @property
+    def root_gid(self) -> int:
+        """The host gid of the container's root group."""
+        return _outside_of_zero(self.gid_map)
+
+    def record(self) -> dict[str, str]:
+        """JSON form, accepted back by :func:`parse_userns`."""
+        return {"uid_map": self.uid_map, "gid_map": self.gid_map}
+
+
+def _outside_of_zero(text: str) -> int:
+    for line in text.splitlines():
+        inside, outside, _count = (int(x) for x in line.split())
+        if inside == 0:
+            return outside
+    raise AssertionError("validated maps map id 0")  # pragma: no cover
+
+
+def _parse_id_map(value: Any, fieldname: str) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise InvalidArgument("an id map is a string of 'inside outside count' lines", field=fieldname,
+                              value=value, hint=f'e.g. "{DEFAULT_USERNS_MAP}"')
+    lines = [ln.split() for ln in re.split(r"[\n;]", value) if ln.strip()]
+    if not lines or len(lines) > _ID_MAP_MAX_LINES:
+        raise InvalidArgument(f"an id map has 1 to {_ID_MAP_MAX_LINES} lines", field=fieldname, value=value)
+    ranges = []
+    for parts in lines:
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+            raise InvalidArgument("each id map line is 'inside outside count' (three numbers)", field=fieldname,
+                                  value=value, hint=f'e.g. "{DEFAULT_USERNS_MAP}"')
+        inside, outside, count = (int(p) for p in parts)
+        if count == 0 or inside + count > _ID_LIMIT or outside + count > _ID_LIMIT:
+            raise InvalidArgument("an id map range is empty or runs past the last id (4294967294)",
+                                  field=fieldname, value=value)
+        ranges.append((inside, outside, count))
+    for side, what in ((0, "inside"), (1, "outside")):
+        spans = sorted((r[side], r[side] + r[2]) for r in ranges)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise InvalidArgument(f"id map ranges overlap on the {what}", field=fieldname, value=value)
+    if not any(inside == 0 for inside, _, _ in ranges):
+        raise InvalidArgument("the id map must map the container's root (inside id 0)", field=fieldname,
+                              value=value, hint=f'e.g. "{DEFAULT_USERNS_MAP}"')
+    if any(outside == 0 for _, outside, _ in ranges):
+        raise InvalidArgument("the id map must not reach the host's root (outside id 0)", field=fieldname,
+                              value=value, hint="map to an unused range of host ids, e.g. "
+                              f'"{DEFAULT_USERNS_MAP}"; for the host\'s root, leave userns unset')
+    return "".join(f"{i} {o} {c}\n" for i, o, c in ranges)
+
+
+def parse_userns(value: Any) -> UsernsMap | None:
+    """The ``userns`` option: None/False (off, the default), True or "auto"
+    (:data:`DEFAULT_USERNS_MAP` for uids and gids), a map string ("inside
+    outside count", lines split by newlines or ';') for both, or separate maps
+    as ``{"uid_map": ..., "gid_map": ...}`` or a pair ``(uid_map, gid_map)``.
+
+    Raises:
+        InvalidArgument: a malformed map, overlapping ranges, a map without
+            the container's root (inside 0) or one that reaches host id 0.
+
+    >>> parse_userns(True).root_uid
+    100000
+    """
+    if value is None or value is False:
+        return None
+    if value is True or value == "auto":
+        value = DEFAULT_USERNS_MAP
+    if isinstance(value, UsernsMap):
+        return value
+    if isinstance(value, str):
+        text = _parse_id_map(value, "userns")
+        return UsernsMap(text, text)
+    if isinstance(value, Mapping):
+        if set(value) != {"uid_map", "gid_map"}:
+            raise InvalidArgument("userns as a dict has exactly the keys uid_map and gid_map", field="userns",
+                                  value=value)
+        return UsernsMap(_parse_id_map(value["uid_map"], "userns.uid_map"),
+                         _parse_id_map(value["gid_map"], "userns.gid_map"))
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return UsernsMap(_parse_id_map(value[0], "userns.uid_map"), _parse_id_map(value[1], "userns.gid_map"))
+    raise InvalidArgument("userns must be None, True, 'auto', an id map string or {uid_map, gid_map}",
+                          field="userns", value=value, hint=f'e.g. userns=True or userns="{DEFAULT_USERNS_MAP}"')
+
+
 @dataclass(frozen=True)
 class ContainerConfig:
     """The validated configuration of one container (see :class:`pycontain.Container`)."""
@@ -65,6 +168,7 @@ class ContainerConfig:
     ports: dict[int, int] = field(default_factory=dict)
     bandwidth: int | None = None  # bits per second, both directions
     storage_size: int | None = None  # bytes the writable layer may hold (None: the store's disk)
+    userns: UsernsMap | None = None  # None: no user namespace (the container's root is the host's)
 
 
 def make_config(
@@ -89,6 +193,7 @@ def make_config(
     ports: Any = None,
     bandwidth: Any = None,
     storage_size: Any = None,
+    userns: Any = None,
 ) -> ContainerConfig:
     """Validate and normalize container options.
 
@@ -121,6 +226,7 @@ def make_config(
         bandwidth=_bandwidth(bandwidth, network) if bandwidth is not None else None,
         storage_size=units.parse_size(storage_size, "storage_size", minimum=1 << 20)
         if storage_size is not None else None,
+        userns=parse_userns(userns),
     )
 
 

@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cap-drop", action="append", default=[], help="drop a capability")
     p.add_argument("--security-opt", action="append", default=[], help="seccomp=unconfined|PROFILE.json")
     p.add_argument("--storage-opt", action="append", default=[], help="size=64M: bound the writable layer")
+    p.add_argument("--userns", help="auto (root inside is host uid 100000..) or a map 'INSIDE OUTSIDE COUNT[;...]'; "
+                   "host (the default): none")
     p.add_argument("image", help="image tag, or 'host'")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)
@@ -125,6 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pids=args.pids, cpuset=args.cpuset, network=args.network, hostname=args.hostname, env=args.env or None,
         volumes=args.volume or None, workdir=args.workdir, user=args.user, read_only=args.read_only,
         cap_add=args.cap_add, cap_drop=args.cap_drop, seccomp=seccomp, detach=args.detach, storage_size=storage_size,
+        userns=None if args.userns in (None, "host") else args.userns,
         ports={int(k) if k.isdigit() else k: int(v) if v.isdigit() else v for k, v in ports.items()} or None,
     )
     if args.detach:

@@ -360,6 +360,7 @@ MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_IDMAP = 0x00100000
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 
@@ -369,15 +370,47 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
-def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool = False) -> None:
+def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool = False,
+                  userns_fd: int | None = None) -> None:
     """mount_setattr(2) on the mount ``fd`` (an O_PATH fd of its root) refers to.
 
     Unlike a bind remount it changes only the given MOUNT_ATTR_* flags, and
     with ``recursive`` the whole subtree at once (a truly read-only volume,
-    not just its top mount).
+    not just its top mount). With ``MOUNT_ATTR_IDMAP`` in ``attr_set``,
+    ``userns_fd`` (an fd of a user namespace) gives the id mapping: an
+    idmapped mount, which only a detached mount that was never attached
+    (``open_tree(OPEN_TREE_CLONE)``) may become (mount_setattr(2)).
     """
-    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd if userns_fd is not None else 0)
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     ret = int(_c_syscall(ctypes.c_long(_syscall_number("mount_setattr")), ctypes.c_int(fd), ctypes.c_char_p(b""),
                          ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
     _check(ret, "mount_setattr", detail=f"set={attr_set:#x} clear={attr_clr:#x} recursive={recursive}")
+
+
+# open_tree(2) / move_mount(2) -- include/uapi/linux/mount.h
+OPEN_TREE_CLONE = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_tree(path: str | os.PathLike[str], *, clone: bool = True, recursive: bool = False,
+              dirfd: int = -100) -> int:
+    """open_tree(2): an fd of the mount at ``path``; with ``clone`` a new
+    detached copy of it (a bind mount not attached anywhere yet), which
+    :func:`mount_setattr` may idmap and :func:`move_mount` attach. The fd
+    is close-on-exec; a detached mount vanishes when its last fd closes.
+    ``dirfd`` defaults to AT_FDCWD."""
+    flags = os.O_CLOEXEC | (OPEN_TREE_CLONE if clone else 0) | (AT_RECURSIVE if recursive else 0)
+    raw = _fs(path)
+    ret = int(_c_syscall(ctypes.c_long(_syscall_number("open_tree")), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
+                         ctypes.c_uint(flags)))
+    return _check(ret, "open_tree", path, detail=f"flags={flags:#x}")
+
+
+def move_mount(fd: int, target: str | os.PathLike[str], *, target_dirfd: int = -100) -> None:
+    """move_mount(2): attach the (detached) mount behind ``fd`` at ``target``
+    (MOVE_MOUNT_F_EMPTY_PATH: ``fd`` itself is the source)."""
+    raw = _fs(target)
+    ret = int(_c_syscall(ctypes.c_long(_syscall_number("move_mount")), ctypes.c_int(fd), ctypes.c_char_p(b""),
+                         ctypes.c_int(target_dirfd), ctypes.c_char_p(raw), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)))
+    _check(ret, "move_mount", target)
