@@ -1096,6 +1096,14 @@ class _ChildSetup:
 
             ids = self.config.userns
             assert ids is not None
+            if self.loopback:
+                # Binding a port below 1024 needs CAP_NET_BIND_SERVICE over the
+                # network namespace, which the host's user namespace owns: open
+                # them all in the container's own netns, as Docker does for
+                # every container (never with network="host": loopback is False).
+                from pycontain.kernel.proc import write_net_sysctl
+
+                write_net_sysctl("ipv4/ip_unprivileged_port_start", "0")
             # Opened first: the helper's /proc entry is gone once the host's /proc is.
             userns_fd = nsfs.open_namespace(self.userns_path)
             try:
@@ -1188,9 +1196,11 @@ class _UserNamespaceHolder:
 
         r, w = os.pipe()
         try:
+            # Forked from the zygote when containers are: a fork of a big
+            # caller (a notebook kernel with its data) would cost more.
             self._child: Child | None = start(ChildSpec(
                 target=_hold_until_eof, args=(r,), new=frozenset({"user"}), uid_map=ids.uid_map,
-                gid_map=ids.gid_map, pass_fds=(r,)))
+                gid_map=ids.gid_map, pass_fds=(r,)), zygote=_fork_source())
         except BaseException:
             os.close(w)
             raise

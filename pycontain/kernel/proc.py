@@ -302,3 +302,24 @@ def open_fds(pid: int | str = "self") -> list[int]:
         return sorted(int(n) for n in os.listdir(f"{PROC}/{pid}/fd"))
     except OSError as e:
         raise kernel_error("listdir", e.errno or errno.EIO, path=f"{PROC}/{pid}/fd") from None
+
+
+def write_net_sysctl(name: str, value: str) -> None:
+    """Write ``value`` to ``/proc/sys/net/<name>`` (e.g. ``ipv4/ip_unprivileged_port_start``).
+
+    Network sysctls belong to the network namespace of the process that
+    writes them: call this only in a process in the container's own netns.
+    """
+    from pycontain.errors import InvalidArgument
+
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise InvalidArgument("a sysctl name below /proc/sys/net", field="name", value=name)
+    path = f"{PROC}/sys/net/{name}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise kernel_error("write sysctl", e.errno or 0, path=path, detail=f"value={value!r}") from None

@@ -168,6 +168,23 @@ def test_capabilities_count_only_inside() -> None:
     assert socket.gethostname() == host_name
 
 
+def test_low_ports_can_be_bound_and_the_host_sysctl_stays() -> None:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        host_value = f.read()
+    code = ("import socket; s = socket.socket(); s.bind(('127.0.0.1', 80)); "
+            "print(open('/proc/sys/net/ipv4/ip_unprivileged_port_start').read().strip())")
+    r = pycontain.run([sys.executable, "-I", "-c", code], userns=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0"
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        assert f.read() == host_value
+    # network="host" leaves the host's sysctl alone (and the port closed to the container's root).
+    r = pycontain.run([sys.executable, "-I", "-c", code], userns=True, network="host")
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        assert f.read() == host_value
+
+
 def _inside() -> tuple[int, int, str, int, int]:
     with open("/proc/self/uid_map") as f:
         umap = f.read()
@@ -248,3 +265,44 @@ def test_cli_run_userns() -> None:
     out = subprocess.run([sys.executable, "-m", "pycontain", "run", "--rm", "--userns", "0 0 1", "host", "true"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "userns" in out.stderr
+
+
+# -- the sandbox-escape probes, weakened, inside a user namespace ------------------------------------------
+
+#: Attacks that the weakened configuration (every capability, no seccomp)
+#: lets through as root (test_sandbox_escape's calibration) because they need
+#: a capability over the host: a user namespace must stop them again. (Not
+#: pivot_root: its probe first unshares a mount namespace, which the user
+#: namespace owns and may pivot in, as rootless containers do: no way out.)
+_CAPABILITY_ATTACKS = ("masked_paths", "read_only_paths", "cgroupfs_write", "kmsg", "mount", "umount", "setns",
+                       "bpf")
+
+
+def test_weakened_container_in_a_user_namespace_stays_shut(tmp_path) -> None:
+    import json
+
+    from tests.integration import test_sandbox_escape as escape
+
+    info = {"host_root_dev": os.stat("/").st_dev, "host_pid": os.getpid(), "docker_mask": escape.DOCKER_MASK,
+            "root_blockdev": escape._root_blockdev(), "suid_python": "/nonexistent", "cap_python": "/nonexistent",
+            "volumes": []}
+    found = {}
+    for userns in (None, True):
+        c = Container(image="host", cap_add=list(escape.HELD), seccomp="unconfined", userns=userns)
+        c._test_allow_new_privs = True  # type: ignore[attr-defined]
+        r, w = os.pipe()
+        chunks = []
+        try:
+            c.start_python(escape.run_all, (info, list(_CAPABILITY_ATTACKS)), stdout=w, stderr=w)
+            os.close(w)
+            while data := os.read(r, 65536):
+                chunks.append(data)
+            assert c.wait(60) == 0, b"".join(chunks)[-3000:]
+        finally:
+            os.close(r)
+            c.remove(force=True)
+        text = b"".join(chunks).decode(errors="replace")
+        found[userns] = json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1])
+    for attack in _CAPABILITY_ATTACKS:
+        assert found[None][attack][0], f"calibration: {attack} should get through without a user namespace"
+        assert not found[True][attack][0], f"{attack} got through in a user namespace: {found[True][attack][1]}"
