@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import shutil
 import signal
 import threading
@@ -190,7 +189,7 @@ class Container:
         self.name = self.config.name
         #: unique per container even across state directories: the cgroup
         #: tree is shared by every pycontain user of the host.
-        self.id = secrets.token_hex(8)
+        self.id = os.urandom(8).hex()  # secrets.token_hex(8), without importing secrets (~6 ms)
         #: names the cgroup and the writable layer, so garbage collection can
         #: judge them by their creator even without the state (container_gc).
         self._key = container_key(self.name, self.id, os.getpid(), self.config.detach)
@@ -493,6 +492,7 @@ class Container:
                     pdeathsig=None if self.config.detach else signal.SIGKILL,
                     preexec=setup.enter,
                     env=env,
+                    returns=False,  # _container_init never returns: no cloudpickle for it
                 )
                 self._child = start(spec, zygote=zygote if target is not None else _fork_source())
                 _fault("after_engine_start")
@@ -1616,7 +1616,8 @@ def containers(all: bool = True) -> pd.DataFrame:
     Columns: ``name``, ``status`` (as recorded, "exited" when its PID 1 is
     gone), ``pid``, ``image``, ``command``, ``created``, ``creator_pid``,
     ``orphan`` (its creator died and it was not detached), ``memory``,
-    ``cpus``. With ``all=False`` only running and paused ones.
+    ``cpus``, ``userns`` (its uid map, lines joined by "; ", or None). With
+    ``all=False`` only running and paused ones.
     """
     import pandas as pd
 
@@ -1632,10 +1633,17 @@ def containers(all: bool = True) -> pd.DataFrame:
             "name": st.get("name"), "status": status, "pid": st.get("pid"), "image": st.get("image"),
             "command": " ".join(st.get("command") or []), "created": pd.to_datetime(st.get("created"), unit="s"),
             "creator_pid": st.get("creator_pid"), "orphan": orphan, "memory": st.get("memory"),
-            "cpus": st.get("cpus"),
+            "cpus": st.get("cpus"), "userns": _userns_summary(st.get("userns")),
         })
-    columns = ["name", "status", "pid", "image", "command", "created", "creator_pid", "orphan", "memory", "cpus"]
+    columns = ["name", "status", "pid", "image", "command", "created", "creator_pid", "orphan", "memory", "cpus",
+               "userns"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _userns_summary(record: Any) -> str | None:
+    if not isinstance(record, dict) or not record.get("uid_map"):
+        return None
+    return "; ".join(str(record["uid_map"]).strip().splitlines())
 
 
 def cleanup_orphans() -> list[str]:

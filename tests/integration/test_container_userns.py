@@ -220,10 +220,28 @@ def test_state_records_the_option() -> None:
         state = pycontain.container.get(c.name)
         assert state["userns"] == {"uid_map": "0 200000 5000\n", "gid_map": "0 200000 5000\n"}
         assert Container.open(c.name).config.userns == c.config.userns
+        row = pycontain.containers().set_index("name").loc[c.name]
+        assert row["userns"] == "0 200000 5000"
     finally:
         c.remove(force=True)
     with Container(command=["true"]) as plain:
         assert pycontain.container.get(plain.name)["userns"] is None
+        assert pycontain.containers().set_index("name").loc[plain.name, "userns"] is None
+
+
+def test_a_failed_setup_leaves_nothing() -> None:
+    from pycontain.errors import NotFound
+
+    # The user is looked up after PID 1 joined the user namespace: the last step.
+    c = Container(command=["true"], userns=True, user="no-such-user")
+    try:
+        with pytest.raises(NotFound):
+            c.start()
+        assert c.status == "created" and c.cgroup is None and c.pid is None
+        assert not c._layers_path().exists()  # the writable layer went with the failure
+    finally:
+        c.remove(force=True)
+    # (the leak check of every integration test sees processes, mounts and cgroups)
 
 
 @pytest.mark.parametrize("bad", ["0 0 65536", "1 100000 10", "0 100000", "0 100000 0", "0 100000 10\n5 200000 10",
