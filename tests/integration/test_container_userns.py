@@ -197,6 +197,8 @@ def test_exec_and_call_join_the_user_namespace() -> None:
         uid, gid, umap, owner, userns_ino = c.call(_inside, timeout=30)
         assert (uid, gid, umap.split(), owner) == (0, 0, MAP_LINE, 0)
         assert userns_ino == os.stat(f"/proc/{c.pid}/ns/user").st_ino
+        # The same from a Container opened by name (as another process would).
+        assert Container.open(c.name).call(_inside, timeout=30)[:3] == (0, 0, umap)
         r, w = os.pipe()
         child = c.exec(["sh", "-c", "id -u; cat /proc/self/uid_map; grep Uid /proc/self/status; sleep 2"],
                        stdout=w, wait=False)
