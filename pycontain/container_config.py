@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import secrets
 import shlex
 import signal as _signal
 from collections.abc import Iterable, Mapping, Sequence
@@ -206,7 +205,7 @@ def make_config(
     return ContainerConfig(
         image=_image(image),
         command=parse_command(command) if command is not None else None,
-        name=validate_name(name) if name is not None else "pc-" + secrets.token_hex(6),
+        name=validate_name(name) if name is not None else "pc-" + os.urandom(6).hex(),
         memory=units.parse_size(memory, "memory", minimum=1 << 20) if memory is not None else None,
         cpus=units.parse_cpus(cpus, "cpus") if cpus is not None else None,
         pids=units.parse_int(pids, "pids", minimum=1) if pids is not None else None,

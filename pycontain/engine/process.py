@@ -346,8 +346,10 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     if _ORPHANS:
         _reap_orphans()
     env = dict(os.environ) if spec.env is None else dict(spec.env)
-    pickler = None
-    if spec.target is not None:
+    pickler: Any = None
+    if spec.target is not None and not spec.returns:
+        pickler = pickle  # only an exception can come back: the standard pickle does
+    elif spec.target is not None:
         import cloudpickle  # imported here, in the parent: never import in the child
 
         pickler = cloudpickle
