@@ -207,19 +207,21 @@ def remove_dir(path: str) -> bool:
                            if e.errno == _errno.EBUSY else None) from None
 
 
-def make_dir_in_parents(path: str, make_parents: Callable[[str], None], attempts: int = 3) -> bool:
+def make_dir_in_parents(path: str, make_parents: Callable[[str], None], attempts: int = 5) -> bool:
     """``make_parents(path)`` then mkdir ``path``; True if we created it.
 
-    Another process removing the last cgroup of a nested parent prunes that
-    parent (:func:`remove_empty_parents`); if it does so between our two
-    steps, mkdir fails with ENOENT and the parents are made again.
+    Another process (or thread) removing the last cgroup of a nested parent
+    prunes that parent (:func:`remove_empty_parents`); if it does so while
+    we make the parents or between our two steps, a read of the dying
+    parent fails with ENODEV, or mkdir with ENOENT, and the parents are
+    made again. Once our cgroup exists, its parents cannot be removed.
     """
     for attempt in range(attempts):
-        make_parents(path)
         try:
+            make_parents(path)
             return make_dir(path)
         except PycontainError as e:
-            if e.errno != _errno.ENOENT or attempt == attempts - 1:
+            if e.errno not in (_errno.ENOENT, _errno.ENODEV) or attempt == attempts - 1:
                 raise
     return False  # pragma: no cover - the loop returns or raises
 

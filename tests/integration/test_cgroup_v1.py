@@ -134,3 +134,29 @@ def test_nested_parent_goes_with_its_last_cgroup() -> None:
     with Cgroup("c", parent=parent):  # and it is made again on demand
         assert os.path.isdir(sub)
     assert not os.path.exists(sub)
+
+
+def test_concurrent_create_and_remove_under_a_nested_parent() -> None:
+    """One thread removes the last cgroup of a nested parent (pruning it)
+    while another makes a new one there: the maker retries, never fails
+    (a read of the dying parent's cpuset.cpus gives ENODEV)."""
+    import threading
+
+    tag = uuid.uuid4().hex[:6]
+    parent = f"pycontain/race-{tag}"
+    errors: list[BaseException] = []
+
+    def churn(who: str) -> None:
+        try:
+            for i in range(60):
+                Cgroup(f"{who}-{i}", parent=parent).remove()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not os.path.exists(f"/sys/fs/cgroup/memory/{parent}")
