@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shlex
 import signal as _signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -268,6 +267,8 @@ def _image(value: Any) -> Any:
 def parse_command(value: Any, fieldname: str = "command") -> tuple[str, ...]:
     """argv from a list of strings, or a string split like a shell would."""
     if isinstance(value, str):
+        import shlex
+
         try:
             argv = shlex.split(value)
         except ValueError as e:

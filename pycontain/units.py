@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pycontain.errors import InvalidArgument
@@ -92,6 +91,8 @@ def parse_size(value: Any, field: str = "size", *, minimum: int = 1, maximum: in
             raise InvalidArgument(
                 f"{field}: a fraction of a byte makes no sense", field=field, value=value, hint=_SIZE_HINT
             )
+        from decimal import Decimal, InvalidOperation  # here: ~1.5 ms to import, for size strings only
+
         try:
             exact = Decimal(num) * (Decimal(1024) ** _SIZE_SUFFIX[unit])
         except InvalidOperation:  # pragma: no cover - the regex admits only digits

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import platform
 import stat
 from collections.abc import Iterable
 from typing import Any
@@ -40,7 +39,8 @@ _INSN = 8  # sizeof(struct sock_filter)
 _MAX_INSNS = 4096  # BPF_MAXINSNS
 
 
-def _file_id(path: str | None) -> tuple[int, int] | None:
+def file_id(path: str | None) -> tuple[int, int] | None:
+    """(size, mtime in ns) of ``path``: a stand-in for its contents in a key; None if missing."""
     if not path:
         return None
     try:
@@ -62,11 +62,11 @@ def cache_key(profile: Any, caps: Iterable[str]) -> str:
         FORMAT,
         profile,
         tuple(sorted(caps)),
-        platform.machine(),
-        platform.release(),
-        _file_id(seccomp.__file__),
-        _file_id(spec.origin if spec is not None else None),
-        _file_id("/etc/ld.so.cache"),
+        os.uname().machine,
+        os.uname().release,
+        file_id(seccomp.__file__),
+        file_id(spec.origin if spec is not None else None),
+        file_id("/etc/ld.so.cache"),
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import IO
 
 from pycontain.backends import storage_driver as sd
-from pycontain.backends import storage_tar
 from pycontain.backends.storage_store import LayerRecord, Store
 from pycontain.backends.tarsafe import OVERLAY_OPAQUE_XATTR
 from pycontain.kernel.constants import MS_NODEV, MS_NOSUID, MS_RDONLY
@@ -101,6 +100,8 @@ class OverlayDriver:
         return upper_changes(plan.rootfs, plan.lowers)
 
     def commit(self, plan: sd.RootfsPlan, out: IO[bytes]) -> None:
+        from pycontain.backends import storage_tar  # tarfile: only on commit
+
         storage_tar.write_tree(plan.rootfs, out, overlay=True)
 
     def cleanup(self, plan: sd.RootfsPlan) -> None:

@@ -40,12 +40,14 @@ import hashlib
 import os
 import shutil
 import stat
-import tarfile
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pycontain.errors import DigestMismatch, InvalidArchive, LimitExceeded, Unsupported
+
+if TYPE_CHECKING:
+    import tarfile
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -588,6 +590,8 @@ def extract(
             res = extract(f, "/store/layers/tmp-1")
         res.diff_id   # 'sha256:...'
     """
+    import tarfile  # here: a container start imports this module, not tarfile (~4 ms)
+
     stream = _Uncompressed(src, limits, tee)
     rootfd = -1
     ex: _Extractor | None = None

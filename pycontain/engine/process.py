@@ -295,9 +295,9 @@ class Child:
         if not data:
             raise PycontainError(f"the target ended without a result (returncode {self.returncode})",
                                  op="result", hint="it was killed, or called os._exit")
-        import cloudpickle
-
-        outcome = cloudpickle.loads(data)
+        # pickle.loads reads cloudpickle's data too (it imports what that
+        # names), and leaves cloudpickle out when the standard pickle wrote it.
+        outcome = pickle.loads(data)
         if outcome[0] == "ok":
             return outcome[1]
         if outcome[0] == "err":

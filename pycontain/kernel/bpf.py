@@ -17,8 +17,7 @@ and closes it once the filter holds its own reference.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import platform
+import os
 import struct
 
 from pycontain.errors import Unsupported, kernel_error
@@ -30,7 +29,7 @@ BPF_FUNC_get_cgroup_classid = 17
 _BPF_JMP_CALL = 0x85
 _BPF_JMP_EXIT = 0x95
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library runs ldconfig
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -50,7 +49,7 @@ def load_cgroup_classid_program() -> int:
         KernelError / PermissionDenied: the kernel refused (errno and the
             verifier's log in the message).
     """
-    nr = _BPF_SYSCALL.get(platform.machine())
+    nr = _BPF_SYSCALL.get(os.uname().machine)
     if nr is None:
         raise Unsupported("no bpf(2) number for this architecture", op="bpf", hint="x86_64 and aarch64 are known")
     insns = ctypes.create_string_buffer(CLASSID_PROGRAM, len(CLASSID_PROGRAM))

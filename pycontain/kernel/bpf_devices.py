@@ -15,10 +15,8 @@ loaded and attached with bpf(2) through ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 import struct
 
 from pycontain.errors import Unsupported, kernel_error
@@ -60,7 +58,7 @@ BPF_CALL, BPF_EXIT = 0x80, 0x90
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library runs ldconfig
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
@@ -101,7 +99,7 @@ def exit_() -> bytes:
 
 
 def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], op: str) -> int:
-    nr = _SYS_BPF.get(platform.machine())
+    nr = _SYS_BPF.get(os.uname().machine)
     if nr is None:
         raise Unsupported("no bpf(2) system call number for this architecture", op=op,
                           hint="pycontain knows x86_64 and aarch64")

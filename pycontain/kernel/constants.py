@@ -7,7 +7,7 @@ supports, except the system call numbers in :data:`SYSCALL_NUMBERS`.
 
 from __future__ import annotations
 
-import platform
+import os
 
 # clone(2)/unshare(2) flags -- include/uapi/linux/sched.h
 CLONE_NEWTIME = 0x00000080
@@ -170,7 +170,7 @@ _ARCH_SYSCALLS: dict[str, dict[str, int]] = {
     "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
 }
 SYSCALL_NUMBERS: dict[str, int] = {
-    **_ARCH_SYSCALLS.get(platform.machine(), {}),
+    **_ARCH_SYSCALLS.get(os.uname().machine, {}),
     "pidfd_open": 434,
     "clone3": 435,
     "pidfd_send_signal": 424,
