@@ -47,7 +47,10 @@ def prepare(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp_s
     if "ALL" in cap_drop:
         keep = ()
     caps = capabilities.resolve_capabilities(keep, add, drop)
-    bpf = seccomp.compile_bpf(seccomp.load_profile(seccomp_spec), caps)
+    if seccomp_spec == "default":
+        bpf: bytes | None = seccomp.compile_default_bpf(caps)
+    else:
+        bpf = seccomp.compile_bpf(seccomp.load_profile(seccomp_spec), caps)
     return Confinement(caps, bpf, workdir, user)
 
 
