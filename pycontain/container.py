@@ -1517,22 +1517,52 @@ _INIT_FILES = ("etc/hosts",)
 
 
 def _init_layer(store: Any) -> Any:
+    layer = _INIT_LAYERS.get(store.root)
+    if layer is None:
+        layer = _INIT_LAYERS[store.root] = _known_init_layer(store) or _make_init_layer(store)
+    return layer
+
+
+def _known_init_layer(store: Any) -> Any:
+    """The init layer an earlier process made in ``store`` (its digest kept in
+    the store's ``init-layer`` file), or None: a new process (a CLI run) then
+    skips writing and hashing the tar again (~10 ms)."""
+    from pycontain.errors import PycontainError
+    from pycontain.image import Layer
+
+    try:
+        with open(os.path.join(store.root, "init-layer"), encoding="utf-8") as f:
+            what, _, digest = f.read().strip().rpartition("\n")
+        if what != repr((_INIT_DIRS, _INIT_FILES)):
+            return None  # made for other contents
+        return Layer.get(digest, store=store)
+    except (OSError, ValueError, PycontainError):  # missing, unreadable, pruned
+        return None
+
+
+def _make_init_layer(store: Any) -> Any:
     import tempfile
 
     from pycontain.image import Layer
 
-    layer = _INIT_LAYERS.get(store.root)
-    if layer is None:
-        with tempfile.TemporaryDirectory() as d:
-            for name in _INIT_DIRS:
-                os.mkdir(os.path.join(d, name))
-                os.chmod(os.path.join(d, name), 0o755)
-            for name in _INIT_FILES:
-                with open(os.path.join(d, name), "w"):
-                    pass
-                os.chmod(os.path.join(d, name), 0o644)
-            os.chmod(d, 0o755)
-            layer = _INIT_LAYERS[store.root] = Layer.from_dir(d, store=store)
+    with tempfile.TemporaryDirectory() as d:
+        for name in _INIT_DIRS:
+            os.mkdir(os.path.join(d, name))
+            os.chmod(os.path.join(d, name), 0o755)
+        for name in _INIT_FILES:
+            with open(os.path.join(d, name), "w"):
+                pass
+            os.chmod(os.path.join(d, name), 0o644)
+        os.chmod(d, 0o755)
+        layer = Layer.from_dir(d, store=store)
+    tmp = os.path.join(store.root, f".init-layer.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{(_INIT_DIRS, _INIT_FILES)!r}\n{layer.digest}\n")
+        os.replace(tmp, os.path.join(store.root, "init-layer"))
+    except OSError:  # only a later process's shortcut is lost
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     return layer
 
 
