@@ -232,7 +232,7 @@ def _run_one(code: str, inputs: bytes | None, outputs: Iterable[str], event_fd: 
 def cell_server(request_fd: int, event_fd: int) -> int:
     """A persistent container's workload: run cells sent on ``request_fd`` one
     after the other in one namespace, so state lives on across cells. Each
-    request is ``(code, inputs, outputs)``; each cell ends with a ``done``
+    request is ``(code, inputs, outputs[, sys_path])``; each cell ends with a ``done``
     event. Returns when the request pipe closes."""
     import signal as _signal
 
@@ -250,7 +250,11 @@ def cell_server(request_fd: int, event_fd: int) -> int:
         for kind, payload in reader.feed(chunk):
             if kind != "cell":
                 continue
-            code, inputs, outputs = payload
+            code, inputs, outputs = payload[:3]
+            if len(payload) > 3 and payload[3] is not None:
+                # The kernel's import path now (a forked zygote has the one of
+                # its start): sys.path.append("src") in the notebook works here too.
+                sys.path[:] = payload[3]
             status = _run_one(code, inputs, outputs, event_fd, ns, show, stop)
             send_event(event_fd, "done", status)
 
@@ -293,9 +297,10 @@ class _StopButton:
             self._armed = False
 
 
-def send_request(fd: int, code: str, inputs: bytes | None, outputs: Iterable[str]) -> None:
-    """Ask a :func:`cell_server` to run one cell."""
-    send_event(fd, "cell", (code, inputs, list(outputs)))
+def send_request(fd: int, code: str, inputs: bytes | None, outputs: Iterable[str],
+                 sys_path: list[str] | None = None) -> None:
+    """Ask a :func:`cell_server` to run one cell (with ``sys_path`` as its import path, if given)."""
+    send_event(fd, "cell", (code, inputs, list(outputs), sys_path))
 
 
 def _display_many(show: Callable[[Any], None]) -> Callable[..., None]:

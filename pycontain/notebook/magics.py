@@ -93,7 +93,14 @@ class ContainerMagics(Magics):
             import pycontain
 
             return pycontain.containers()
-        raise UsageError("usage: %container stop NAME | %container ls")
+        if rest[:1] == ["warm"] and rest[1:] in (["on"], ["off"]):
+            pool = _pool()
+            pool.enabled = rest[1] == "on"
+            if not pool.enabled:
+                pool.close()
+            print(f"warm cell containers: {rest[1]}")
+            return None
+        raise UsageError("usage: %container stop NAME | %container ls | %container warm on|off")
 
 
 def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> None:
@@ -110,6 +117,8 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         raise UsageError(format_failed(failed, "in"))
     if args.name:
         return _run_persistent(shell, cell, args, persistent, blob, out_names)
+    if not args.snapshot:
+        return _run_fresh(shell, cell, args, blob, out_names)
     try:
         container = Container(
             image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, network=args.net,
@@ -187,6 +196,116 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     if line and (not args.quiet or code != 0):
         print(line, file=sys.stderr if code else sys.stdout)
     if "error" in outcome:
+        err = outcome["error"]
+        raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
+    if outcome.get("interrupted"):
+        raise KeyboardInterrupt
+
+
+#: Cells without --snapshot or --name: a container for the next cell is
+#: started while the user reads this one's output (see pycontain.notebook.warm).
+_POOL: Any = None
+
+
+def _pool() -> Any:
+    global _POOL
+    if _POOL is None:
+        from pycontain.notebook.warm import WarmPool
+
+        _POOL = WarmPool()
+        _POOL.enabled = os.environ.get("PYCONTAIN_WARM_CELLS", "1") != "0"
+    return _POOL
+
+
+def _cell_options(args: Any) -> dict[str, Any]:
+    return {"image": args.image, "memory": args.memory, "cpus": args.cpus, "pids": args.pids, "network": args.net}
+
+
+def _run_fresh(shell: Any, cell: str, args: Any, blob: bytes, out_names: list[str]) -> None:
+    """A cell in a fresh container forked from the cell zygote (no --snapshot, no --name).
+
+    The container was usually started in the background after the previous
+    cell (same options); it runs one cell and is removed, in the background
+    too, while the next one starts.
+    """
+    from pycontain.notebook import warm
+    from pycontain.notebook.cell import check_stop, send_request
+
+    options = _cell_options(args)
+    pool = _pool()
+    try:
+        zygote = warm.cell_zygote()
+        warm.follow_imports(zygote)
+        cc = pool.take(options)
+        if cc is None:
+            cc = warm.start_cell_container(options, zygote)
+    except PycontainError as e:
+        _explain_start_failure(e)
+        raise
+    container = cc.container
+    t0 = time.monotonic()
+    cpu0 = container.usage().get("cpu_s", 0.0)
+    view = LiveView(container, args.monitor)
+    outcome: dict[str, Any] = {}
+    try:
+        check_stop()
+        send_request(cc.request_w, cell, blob, out_names, sys.path[:])
+        cc.close_requests()
+        view.start()
+
+        def on_event(kind: str, payload: Any) -> None:
+            if kind == "display":
+                from IPython.display import publish_display_data
+
+                publish_display_data(payload["data"], payload["metadata"])
+            elif kind == "clear":
+                from IPython.display import clear_output
+
+                clear_output(wait=payload["wait"])
+            else:
+                outcome[kind] = payload
+
+        def on_tick() -> None:
+            if args.timeout is not None and time.monotonic() - t0 > args.timeout and "timeout" not in outcome:
+                outcome["timeout"] = args.timeout
+                container.kill()
+            view.tick()
+
+        def finished() -> bool:
+            return "done" in outcome or container.status != "running"
+
+        try:
+            cc.events.pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick, tick=MONITOR_TICK_S,
+                           until=finished)
+        except KeyboardInterrupt:
+            container.kill()
+            outcome["interrupted"] = True
+        if "done" in outcome and not outcome.get("interrupted") and "timeout" not in outcome:
+            code = int(outcome["done"])
+        else:
+            code = _wait_stoppable(container, outcome)
+        view.stop()
+    except BaseException:
+        cc.remove()
+        raise
+    wall = time.monotonic() - t0
+    usage = container.usage()
+    usage["cpu_s"] = usage.get("cpu_s", 0.0) - cpu0
+    # Removing this container and starting the next one happen in the
+    # background; the next cell waits for both (WarmPool.take).
+    pool.refill(options, zygote, finished=cc)
+    if args.stats:
+        shell.user_ns[args.stats] = view.frame()
+    if "outputs" in outcome:
+        import cloudpickle
+
+        shell.user_ns.update(cloudpickle.loads(outcome["outputs"]["values"]))
+        if outcome["outputs"]["failed"]:
+            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    line = _summary(code, wall, usage, outcome)
+    if line and (not args.quiet or code != 0):
+        print(line, file=sys.stderr if code else sys.stdout)
+    if "error" in outcome and not outcome.get("interrupted") and "timeout" not in outcome:
         err = outcome["error"]
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
@@ -379,5 +498,11 @@ def _summary(code: int, wall: float, usage: dict[str, Any], outcome: dict[str, A
 
 
 def register(ipython: Any) -> None:
-    """Register the magics with an IPython shell (``%load_ext pycontain``)."""
+    """Register the magics with an IPython shell (``%load_ext pycontain``).
+
+    The first cell's container is started in the background at once (with
+    the default options), so it is ready when that cell runs.
+    """
     ipython.register_magics(ContainerMagics)
+    if os.geteuid() == 0:
+        _pool().refill({"image": "host", "memory": None, "cpus": None, "pids": None, "network": "none"})

@@ -138,6 +138,10 @@ def kernel(_private_state: str) -> Iterator[Kernel]:
         k = Kernel(km, kc)
         reply, _ = k.run("%load_ext pycontain")
         assert reply["status"] == "ok", reply
+        # No container waiting for the next cell (pycontain.notebook.warm):
+        # after a stop, nothing at all may be left (test_magic_warm.py covers the pool).
+        reply, _ = k.run("%container warm off")
+        assert reply["status"] == "ok", reply
         yield k
     finally:
         kc.stop_channels()

@@ -1,0 +1,234 @@
+"""Fresh containers for ``%%container`` cells, without waiting for them.
+
+A cell without ``--snapshot`` needs none of the kernel's memory, only its
+code and its ``--in`` variables. So it runs in a container forked from the
+*cell zygote* (:func:`cell_zygote`): a helper process, started once per
+kernel, that has imported IPython (with a shell, see
+:mod:`pycontain.notebook.cell_shell`), cloudpickle, pycontain's cell code
+and the packages the kernel itself imported (:func:`follow_imports`). The
+cost of a cell no longer grows with the kernel's size.
+
+And while the user reads a cell's output, the next cell's container is
+already started with the same options (:class:`WarmPool`), and waits for
+its code in :func:`pycontain.notebook.cell.cell_server`: a trivial cell then
+costs little more than a plain one. Each cell still gets its own container
+and a fresh writable layer, thrown away when the cell ends; the waiting
+container is removed when the kernel exits (or ``%container pool off``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from pycontain.notebook.cell import CellEvents
+
+__all__ = ["CellContainer", "WarmPool", "cell_zygote", "follow_imports", "start_cell_container"]
+
+#: Modules the cell zygote imports when it starts.
+_PRELOAD = (
+    "cloudpickle",
+    "pycontain.notebook.cell_shell",
+    "pycontain.notebook.cell",
+    "pycontain.notebook.mpl_backend",
+)
+
+#: Top-level packages of the kernel's own machinery: never preloaded into the
+#: zygote (they would open sockets or threads, or only cost time).
+_KERNEL_MACHINERY = frozenset({
+    "IPython", "ipykernel", "ipywidgets", "jupyter_client", "jupyter_core", "zmq", "tornado", "traitlets",
+    "comm", "debugpy", "matplotlib_inline", "prompt_toolkit", "pygments", "jedi", "parso", "pexpect",
+    "ptyprocess", "psutil", "nest_asyncio", "pycontain", "pytest", "_pytest", "pluggy", "nbval", "nbclient",
+    "nbformat", "widgetsnbextension", "jupyterlab_widgets", "executing", "asttokens", "stack_data",
+    "pure_eval", "wcwidth", "decorator", "platformdirs", "dateutil", "tzdata", "packaging", "six",
+})
+
+_zygote: Any = None
+_zygote_lock = threading.Lock()
+_preloaded: set[str] = set()
+
+
+def cell_zygote() -> Any:
+    """The kernel's cell zygote, started on first use (and again if it died)."""
+    global _zygote
+    from pycontain.container import _ZYGOTE_PRELOAD
+    from pycontain.engine import Zygote
+
+    with _zygote_lock:
+        z = _zygote
+        if z is None or z._closed or z._dead or z._owner != os.getpid():
+            z = _zygote = Zygote(preload=(*_PRELOAD, *_ZYGOTE_PRELOAD))
+            _preloaded.clear()
+            atexit.register(z.close)
+        return z
+
+
+def _site_packages(module: Any) -> bool:
+    path = getattr(module, "__file__", None) or ""
+    return "site-packages" in path or "dist-packages" in path
+
+
+def follow_imports(zygote: Any, modules: dict[str, Any] | None = None) -> list[str]:
+    """Preload into ``zygote`` the third-party packages the kernel has imported
+    since the last call (numpy, pandas, ...), so cells find them loaded.
+
+    Returns the names sent. Packages that fail to import there are
+    remembered and not tried again.
+    """
+    modules = sys.modules if modules is None else modules
+    wanted = sorted({name.partition(".")[0] for name, mod in list(modules.items())
+                     if mod is not None and "." not in name and not name.startswith("_")
+                     and name not in _KERNEL_MACHINERY and _site_packages(mod)} - _preloaded)
+    if not wanted:
+        return []
+    _preloaded.update(wanted)
+    zygote.preload(wanted)
+    return wanted
+
+
+class CellContainer:
+    """A started container whose :func:`cell_server` waits for one cell."""
+
+    def __init__(self, container: Any, request_w: int, event_r: int, stdout_r: int, stderr_r: int) -> None:
+        self.container = container
+        self.request_w: int | None = request_w
+        self.events = CellEvents(stdout_r, stderr_r, event_r)
+        self._fds = [event_r, stdout_r, stderr_r]
+
+    def close_requests(self) -> None:
+        """No more cells: the server ends after the current one (idempotent)."""
+        if self.request_w is not None:
+            fd, self.request_w = self.request_w, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def remove(self) -> None:
+        """Close the pipes and remove the container (idempotent)."""
+        self.close_requests()
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.container.remove(force=True)
+
+
+def start_cell_container(options: dict[str, Any], zygote: Any | None = None) -> CellContainer:
+    """Start a container (``Container(**options)``) running a cell server
+    forked from ``zygote`` (default: :func:`cell_zygote`)."""
+    from pycontain.container import Container
+    from pycontain.notebook.cell import cell_server
+
+    container = Container(**options)
+    req_r, req_w = os.pipe2(os.O_CLOEXEC)
+    ev_r, ev_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        container.start_python(cell_server, (req_r, ev_w), stdout=out_w, stderr=err_w,
+                               pass_fds=(req_r, ev_w), zygote=zygote or cell_zygote())
+    except BaseException:
+        for fd in (req_w, ev_r, out_r, err_r):
+            os.close(fd)
+        container.remove(force=True)
+        raise
+    finally:
+        for fd in (req_r, ev_w, out_w, err_w):
+            os.close(fd)
+    return CellContainer(container, req_w, ev_r, out_r, err_r)
+
+
+class WarmPool:
+    """At most one started cell container, for the options of the last cell.
+
+    :meth:`take` hands it out when the options match; :meth:`refill` starts
+    the next one in a background thread. Failures there are silent: the
+    next cell then starts its container itself and reports the error.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._lock = threading.Lock()
+        self._ready: tuple[tuple[Any, ...], CellContainer] | None = None
+        self._thread: threading.Thread | None = None
+        self._owner = os.getpid()
+        atexit.register(self.close)
+
+    @staticmethod
+    def key(options: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, repr(v)) for k, v in options.items()))
+
+    def take(self, options: dict[str, Any]) -> CellContainer | None:
+        """The waiting container if it was started with ``options`` and still waits."""
+        self._join()
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is None:
+            return None
+        key, cell = ready
+        if key != self.key(options) or cell.container.status != "running":
+            cell.remove()
+            return None
+        return cell
+
+    def refill(self, options: dict[str, Any], zygote: Any | None = None, *, finished: CellContainer | None = None,
+               wait: bool = False) -> None:
+        """In the background: remove ``finished`` (a cell's container whose
+        cell is done), then start a container for the next cell with
+        ``options``. The next :meth:`take` waits for both. With
+        ``wait=True`` (or when the pool is off), all of it happens now.
+        """
+        self._join()
+
+        def work() -> None:
+            if finished is not None:
+                finished.close_requests()
+                try:
+                    finished.container.wait(timeout=5)
+                except Exception:
+                    pass  # remove() below kills what is left
+                finished.remove()
+            if not self.enabled:
+                return
+            try:
+                cell = start_cell_container(options, zygote)
+            except Exception:
+                return
+            with self._lock:
+                old, self._ready = self._ready, (self.key(options), cell)
+            if old is not None:
+                old[1].remove()
+
+        if wait or not self.enabled:
+            work()
+            return
+        self._thread = threading.Thread(target=work, name="pycontain-warm-cell", daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        t, self._thread = self._thread, None
+        if t is not None:
+            t.join()
+
+    def close(self) -> None:
+        """Remove the waiting container (idempotent; also at exit)."""
+        if os.getpid() != self._owner:
+            return
+        self._join()
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            ready[1].remove()
+
+
+def warm_names(pool: WarmPool) -> Iterable[str]:
+    """Names of the containers the pool keeps waiting (for listings)."""
+    ready = pool._ready
+    return [ready[1].container.name] if ready is not None else []
