@@ -9,12 +9,14 @@ the child.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pycontain.backends import capabilities, seccomp
-from pycontain.errors import InvalidArgument, NotFound, kernel_error
+from pycontain.backends import capabilities, seccomp_cache
+from pycontain.errors import InvalidArgument, NotFound, PycontainError, kernel_error
+from pycontain.kernel import syscalls
 from pycontain.kernel.constants import DOCKER_DEFAULT_CAPS
 
 
@@ -48,8 +50,12 @@ def prepare(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp_s
         keep = ()
     caps = capabilities.resolve_capabilities(keep, add, drop)
     if seccomp_spec == "default":
-        bpf: bytes | None = seccomp.compile_default_bpf(caps)
+        # From the state dir, usually: pycontain.backends.seccomp (its parser,
+        # ~4 ms to import) loads only to compile.
+        bpf: bytes | None = seccomp_cache.default_program(caps)
     else:
+        from pycontain.backends import seccomp
+
         bpf = seccomp.compile_bpf(seccomp.load_profile(seccomp_spec), caps)
     return Confinement(caps, bpf, workdir, user)
 
@@ -116,7 +122,14 @@ def confine(c: Confinement) -> None:
         raise kernel_error("chdir", e.errno or 0, path=c.workdir) from None
     # Seccomp last: it may forbid what the steps above needed.
     if c.bpf is not None:
-        seccomp.apply_seccomp(c.bpf)
+        # What seccomp.apply_seccomp does with a program, without that module.
+        try:
+            syscalls.seccomp_load_bpf(c.bpf)
+        except PycontainError as e:
+            if e.errno == errno.EACCES:
+                raise kernel_error("prctl(PR_SET_SECCOMP)", errno.EACCES,
+                                   hint="set no_new_privs first, or keep CAP_SYS_ADMIN") from None
+            raise
 
 
 def check_workdir(workdir: str) -> str:

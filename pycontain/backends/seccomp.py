@@ -716,33 +716,21 @@ def build_filter(profile: Profile | None, caps: Iterable[str] = _DEFAULT_CAPS) -
 
 
 _BPF_CACHE: dict[tuple[Profile, frozenset[str]], bytes] = {}
-_DEFAULT_BPF: dict[frozenset[str], bytes] = {}
 
 
 def compile_default_bpf(caps: Iterable[str] = _DEFAULT_CAPS) -> bytes:
     """``compile_bpf(default_profile(), caps)``, without building and parsing
     the default profile (~3 ms) when a program kept on disk fits.
 
-    The default profile is made by this module's code from the kernel
-    constants, so the disk key names those two files instead of the profile.
+    (:func:`pycontain.backends.seccomp_cache.default_program`.)
 
     Example::
 
         program = compile_default_bpf(["CAP_CHOWN"])
     """
-    capkey = frozenset(_cap_key(c) for c in caps)
-    program = _DEFAULT_BPF.get(capkey)
-    if program is None:
-        from pycontain.backends import seccomp_cache
+    from pycontain.backends import seccomp_cache
 
-        disk_key = seccomp_cache.cache_key(("default", seccomp_cache.file_id(C.__file__)), capkey)
-        program = seccomp_cache.load(disk_key)
-        if program is None:
-            program = compile_bpf(default_profile(), capkey)
-            assert program is not None
-            seccomp_cache.store(disk_key, program)
-        _DEFAULT_BPF[capkey] = program
-    return program
+    return seccomp_cache.default_program(caps)
 
 
 def compile_bpf(profile: Profile | None, caps: Iterable[str] = _DEFAULT_CAPS) -> bytes | None:

@@ -50,10 +50,13 @@ def file_id(path: str | None) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _seccomp_module_file() -> str:
+    # pycontain.backends.seccomp's source, found without importing it.
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp.py")
+
+
 def cache_key(profile: Any, caps: Iterable[str]) -> str:
     """The file name stem for ``profile`` compiled for a container keeping ``caps``."""
-    from pycontain.backends import seccomp
-
     try:
         spec = importlib.util.find_spec("pyseccomp")
     except (ImportError, ValueError):
@@ -64,11 +67,42 @@ def cache_key(profile: Any, caps: Iterable[str]) -> str:
         tuple(sorted(caps)),
         os.uname().machine,
         os.uname().release,
-        file_id(seccomp.__file__),
+        file_id(_seccomp_module_file()),
         file_id(spec.origin if spec is not None else None),
         file_id("/etc/ld.so.cache"),
     )
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+_DEFAULT_PROGRAMS: dict[frozenset[str], bytes] = {}
+
+
+def default_program(caps: Iterable[str]) -> bytes:
+    """The built-in default profile compiled for a container keeping ``caps``.
+
+    Taken from this process's memory or the state dir when there, without
+    importing :mod:`pycontain.backends.seccomp` (whose parser costs a CLI
+    start ~4 ms): that module's code makes the default profile from the
+    kernel constants, so the disk key names those two files instead of the
+    profile. Otherwise compiled with :func:`~pycontain.backends.seccomp.compile_bpf`
+    and kept.
+    """
+    from pycontain.kernel import constants
+
+    capkey = frozenset(n.upper() if n.upper().startswith("CAP_") else "CAP_" + n.upper() for n in caps)
+    program = _DEFAULT_PROGRAMS.get(capkey)
+    if program is None:
+        key = cache_key(("default", file_id(constants.__file__)), capkey)
+        program = load(key)
+        if program is None:
+            from pycontain.backends import seccomp
+
+            compiled = seccomp.compile_bpf(seccomp.default_profile(), capkey)
+            assert compiled is not None
+            program = compiled
+            store(key, program)
+        _DEFAULT_PROGRAMS[capkey] = program
+    return program
 
 
 def _directory() -> str:

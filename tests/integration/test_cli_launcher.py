@@ -68,6 +68,7 @@ NOT_ON_THE_RUN_PATH = (
     "pandas", "numpy", "pyroute2", "IPython", "matplotlib", "ipywidgets",
     "cloudpickle", "pycontain.engine.zygote", "socket", "tarfile", "pycontain.backends.storage_tar",
     "secrets", "platform", "decimal", "datetime", "shlex", "ctypes.util", "subprocess", "pyseccomp",
+    "pycontain.backends.seccomp",
     "pycontain.network", "pycontain.stats", "pycontain.build", "pycontain.namespace",
 )
 

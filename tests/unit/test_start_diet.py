@@ -35,17 +35,17 @@ def test_default_program_from_disk_is_compile_bpf_s_and_skips_the_profile() -> N
     want = seccomp.compile_bpf(seccomp.default_profile(), caps)
     assert seccomp.compile_default_bpf(caps) == want
     # A new process (the state dir is this test's, tests/conftest.py) takes it
-    # from disk: no libseccomp, and the default profile is never built.
+    # from disk: no libseccomp, not even the profile parser's module.
     out = _fresh(
         "import sys\n"
-        "from pycontain.backends import seccomp\n"
-        f"program = seccomp.compile_default_bpf({caps!r})\n"
+        "from pycontain.backends import hardening\n"
+        "program = hardening.prepare(cap_add=['SYS_ADMIN']).bpf\n"
         "sys.stdout.write(program.hex())\n"
-        "sys.stderr.write(repr(('pyseccomp' in sys.modules, seccomp._DEFAULT is None)))\n"
+        "sys.stderr.write(repr(('pyseccomp' in sys.modules, 'pycontain.backends.seccomp' in sys.modules)))\n"
     )
     assert out.returncode == 0, out.stderr
     assert bytes.fromhex(out.stdout) == want
-    assert out.stderr == "(False, True)"
+    assert out.stderr == "(False, False)"
     # other capabilities: another program
     assert seccomp.compile_default_bpf(DOCKER_DEFAULT_CAPS) == seccomp.compile_bpf(
         seccomp.default_profile(), DOCKER_DEFAULT_CAPS)
