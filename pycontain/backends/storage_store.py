@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -260,6 +259,8 @@ class Store:
 
     def put_blob(self, data: bytes) -> str:
         self.ensure()
+        import hashlib  # here: it loads OpenSSL (~3 ms), which a container start does not need
+
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = os.path.join(self.root, "blobs", "sha256", hex_of(digest))
         if not os.path.exists(path):

@@ -36,7 +36,6 @@ opaque directories").
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import stat
@@ -99,12 +98,18 @@ class ExtractResult:
 # -- the reading pipeline ------------------------------------------------------
 
 
+def _sha256() -> Any:
+    import hashlib  # here: it loads OpenSSL (~3 ms), which a container start does not need
+
+    return hashlib.sha256()
+
+
 class _RawCounter:
     """Counts and hashes the bytes as given (maybe gzip)."""
 
     def __init__(self, src: IO[bytes]) -> None:
         self.src = src
-        self.sha = hashlib.sha256()
+        self.sha = _sha256()
         self.count = 0
 
     def read(self, n: int) -> bytes:
@@ -128,7 +133,7 @@ class _Uncompressed:
         self.raw = _RawCounter(src)
         self.limits = limits
         self.tee = tee
-        self.sha = hashlib.sha256()
+        self.sha = _sha256()
         self.count = 0
         self.failure: Exception | None = None
         self.tail = bytearray()

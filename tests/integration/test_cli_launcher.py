@@ -61,14 +61,15 @@ def test_fresh_venv_layout(tmp_path: Path) -> None:
 #: Modules a `pycontain run` of a command never needs: each costs milliseconds
 #: of every CLI start (issue #5). cloudpickle: the container's init never
 #: returns a value; the zygote (socket): the CLI forks its containers itself;
-#: tarfile: layers are read or written only when one is made; secrets,
-#: platform, decimal, datetime, shlex: the standard library's cheaper
-#: equivalents do; ctypes.util: find_library runs ldconfig.
+#: tarfile, hashlib (OpenSSL): layers are read or written only when one is
+#: made; pyseccomp and the seccomp parser: the program is kept on disk;
+#: secrets, platform, decimal, datetime, shlex: cheaper equivalents do;
+#: ctypes.util: find_library runs ldconfig.
 NOT_ON_THE_RUN_PATH = (
     "pandas", "numpy", "pyroute2", "IPython", "matplotlib", "ipywidgets",
     "cloudpickle", "pycontain.engine.zygote", "socket", "tarfile", "pycontain.backends.storage_tar",
     "secrets", "platform", "decimal", "datetime", "shlex", "ctypes.util", "subprocess", "pyseccomp",
-    "pycontain.backends.seccomp",
+    "pycontain.backends.seccomp", "hashlib",
     "pycontain.network", "pycontain.stats", "pycontain.build", "pycontain.namespace",
 )
 
