@@ -312,6 +312,18 @@ def _cell_cases(ws: Workspace) -> list[Case]:
         out.append(Case("%%container cell", "cell", run=lambda: kernel.execute("%%container\npass"),
                         setup=setup_magic, warmup=2,
                         note="`%%container` + `pass` in the same kernel; minus `plain cell` = the magic's overhead"))
+
+        def gap() -> None:
+            # A person reads a cell's output before running the next: the
+            # container for the next cell is started (and the last one
+            # removed) meanwhile, as pycontain.notebook.warm intends.
+            import time
+
+            time.sleep(0.3)
+
+        out.append(Case("%%container cell, 0.3 s after the last", "cell",
+                        run=lambda: kernel.execute("%%container\npass"), setup=setup_magic, before=gap, warmup=2,
+                        note="the same after 0.3 s of idle (untimed): the next cell's container is ready"))
     else:
         out.append(skipped("%%container cell", "cell", f"{NOT_YET}: pycontain.notebook.magics is missing"))
     return out

@@ -117,7 +117,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         raise UsageError(format_failed(failed, "in"))
     if args.name:
         return _run_persistent(shell, cell, args, persistent, blob, out_names)
-    if not args.snapshot:
+    if not args.snapshot and len(blob or b"") <= _FRESH_MAX_INPUT_BYTES:
         return _run_fresh(shell, cell, args, blob, out_names)
     try:
         container = Container(
@@ -201,6 +201,10 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
 
+
+#: --in variables bigger than this (pickled) go by a fork of the kernel,
+#: which hands the bytes over without copying them through a pipe.
+_FRESH_MAX_INPUT_BYTES = 8 << 20
 
 #: Cells without --snapshot or --name: a container for the next cell is
 #: started while the user reads this one's output (see pycontain.notebook.warm).
