@@ -1160,6 +1160,11 @@ _ZYGOTE_PRELOAD = (
 def _fork_source() -> Any:
     """The zygote to fork a command's container from, or None to fork the caller."""
     if FORK_SOURCE == "caller":
+        # What the child's setup (_ChildSetup.enter) imports, imported here:
+        # in the child it would cost the start (~4 ms) and could hang on an
+        # import lock another thread of the caller held at the fork.
+        from pycontain.backends import capabilities, hardening, rootfs  # noqa: F401
+
         return None
     from pycontain.engine import shared_zygote
 

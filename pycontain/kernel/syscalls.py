@@ -11,6 +11,7 @@ so pycontain calls them only in single-threaded children (DESIGN.md §3).
 
 from __future__ import annotations
 
+import _socket  # (not socket, ~3 ms): interface_up runs in a container's setup, after the fork
 import ctypes
 import os
 from collections.abc import Iterable
@@ -283,7 +284,6 @@ def interface_up(name: str = "lo") -> None:
     Uses the SIOCSIFFLAGS ioctl (netdevice(7)) rather than netlink: inside a
     container's setup this is one system call and needs no library.
     """
-    import _socket  # not socket: that wrapper costs ~3 ms to import, in the container's setup
     import fcntl
     import struct
 
