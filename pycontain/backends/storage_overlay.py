@@ -22,8 +22,7 @@ from typing import IO
 
 from pycontain.backends import storage_driver as sd
 from pycontain.backends.storage_store import LayerRecord, Store
-from pycontain.backends.tarsafe import OVERLAY_OPAQUE_XATTR
-from pycontain.kernel.constants import MS_NODEV, MS_NOSUID, MS_RDONLY
+from pycontain.kernel.constants import MS_NODEV, MS_NOSUID, MS_RDONLY, OVERLAY_OPAQUE_XATTR
 
 # mount(2) data is limited to one page.
 _MAX_OPTIONS = 4000

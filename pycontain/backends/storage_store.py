@@ -30,10 +30,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from pycontain.backends import tarsafe
 from pycontain.errors import InvalidArchive, NotFound
+
+if TYPE_CHECKING:
+    from pycontain.backends import tarsafe
 
 HOST_LAYER = "host:/"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -191,7 +193,7 @@ class Store:
         size: int | None = None,
         digest: str | None = None,
         compressed_size: int | None = None,
-        limits: tarsafe.Limits = tarsafe.DEFAULT_LIMITS,
+        limits: tarsafe.Limits | None = None,
     ) -> LayerRecord:
         """Unpack the layer tar ``src`` (plain or gzip) into the store, once.
 
@@ -199,8 +201,14 @@ class Store:
         ``digest``/``compressed_size`` against the bytes as given. If the
         layer is already stored (known ``diff_id``), nothing is read.
         Raises InvalidArchive, LimitExceeded, DigestMismatch; on any error
-        nothing is left in the store.
+        nothing is left in the store. ``limits``: None for
+        :data:`~pycontain.backends.tarsafe.DEFAULT_LIMITS`.
         """
+        # Imported here: a container start reads the store, never a tar.
+        from pycontain.backends import tarsafe
+
+        if limits is None:
+            limits = tarsafe.DEFAULT_LIMITS
         if diff_id is not None:
             check_digest_string(diff_id, "diff_id")
             if self.has_layer(diff_id):

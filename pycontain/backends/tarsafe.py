@@ -44,13 +44,13 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from pycontain.errors import DigestMismatch, InvalidArchive, LimitExceeded, Unsupported
+from pycontain.kernel.constants import OVERLAY_OPAQUE_XATTR
 
 if TYPE_CHECKING:
     import tarfile
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _KEPT_XATTR_PREFIXES = ("user.",)
 _CHUNK = 1 << 20
 _RAW_CHUNK = 64 << 10  # small raw reads: a bomb is noticed before much is read

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pycontain.backends import tarsafe
 from pycontain.backends.storage_overlay import exists_below
 from pycontain.backends.storage_store import (
     HOST_LAYER,
@@ -36,13 +35,13 @@ from pycontain.backends.storage_store import (
     Store,
     canonical_json,
 )
-from pycontain.backends.tarsafe import Limits
 from pycontain.errors import Busy, InvalidArgument, NotFound, PycontainError, Unsupported, kernel_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from pycontain.backends.storage_driver import RootfsPlan
+    from pycontain.backends.tarsafe import Limits
 
 __all__ = ["Layer", "Image", "ImageConfig", "Limits", "images", "prune", "disk_usage"]
 
@@ -71,6 +70,22 @@ def normalize_tag(tag: str) -> str:
     m = _TAG.match(tag)
     assert m is not None
     return tag if m.group("tag") else tag + ":latest"
+
+
+def _limits(limits: Limits | None) -> Limits:
+    """``limits``, or the default caps for None (the default: so that a
+    container start, which imports this module, never imports tarsafe)."""
+    from pycontain.backends import tarsafe
+
+    return tarsafe.DEFAULT_LIMITS if limits is None else limits
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Limits":  # re-exported, from its module on first use
+        from pycontain.backends.tarsafe import Limits
+
+        return Limits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _store(store: Store | str | os.PathLike[str] | None) -> Store:
@@ -257,14 +272,15 @@ class Layer:
         *,
         digest: str | None = None,
         size: int | None = None,
-        limits: Limits = tarsafe.DEFAULT_LIMITS,
+        limits: Limits | None = None,
         store: Store | str | None = None,
     ) -> Layer:
         """Import the layer tar at ``path`` (plain or gzip), checked and unpacked safely.
 
         ``digest``/``size``: expected diff_id and uncompressed size (checked).
         Raises InvalidArchive (hostile or malformed), LimitExceeded (caps in
-        ``limits``), DigestMismatch. On error nothing stays in the store.
+        ``limits``; None: :data:`pycontain.backends.tarsafe.DEFAULT_LIMITS`),
+        DigestMismatch. On error nothing stays in the store.
         """
         st = _store(store)
         try:
@@ -278,6 +294,8 @@ class Layer:
     def entries(self) -> list[tuple[str, str, int, str]]:
         """(path, change, size, type) per entry of the layer tar; change is A, C or D."""
         import tarfile
+
+        from pycontain.backends import tarsafe
 
         if self.is_host or not self.tar_path:
             return []
@@ -557,7 +575,7 @@ class Image:
         path: str | os.PathLike[str],
         *,
         tag: str | None = None,
-        limits: Limits = tarsafe.DEFAULT_LIMITS,
+        limits: Limits | None = None,
         store: Store | str | None = None,
     ) -> Image:
         """Import an OCI image layout (directory or tar) or a ``docker save`` / ``podman save`` archive.
@@ -573,7 +591,7 @@ class Image:
         """
         from pycontain.image import oci
 
-        return oci.load(path, tag=tag, limits=limits, store=_store(store))
+        return oci.load(path, tag=tag, limits=_limits(limits), store=_store(store))
 
     @classmethod
     def build(cls, source: str | os.PathLike[str], *, tag: str | None = None, store: Store | str | None = None,
@@ -599,7 +617,7 @@ class Image:
         cls,
         ref: str,
         *,
-        limits: Limits = tarsafe.DEFAULT_LIMITS,
+        limits: Limits | None = None,
         progress: bool = True,
         store: Store | str | None = None,
     ) -> Image:
@@ -617,7 +635,7 @@ class Image:
         """
         from pycontain.image import registry
 
-        return registry.pull(ref, store=_store(store), limits=limits, progress=progress)
+        return registry.pull(ref, store=_store(store), limits=_limits(limits), progress=progress)
 
     def push(self, ref: str | None = None, *, progress: bool = True) -> str:
         """Push this image to ``ref`` (default: its tag, which must name a registry).

@@ -179,3 +179,6 @@ SYSCALL_NUMBERS: dict[str, int] = {
     "move_mount": 429,
     "mount_setattr": 442,
 }
+
+# overlayfs: the xattr marking an opaque directory -- Documentation/filesystems/overlayfs.rst
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"

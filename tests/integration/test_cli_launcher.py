@@ -69,7 +69,7 @@ NOT_ON_THE_RUN_PATH = (
     "pandas", "numpy", "pyroute2", "IPython", "matplotlib", "ipywidgets",
     "cloudpickle", "pycontain.engine.zygote", "socket", "tarfile", "pycontain.backends.storage_tar",
     "secrets", "platform", "decimal", "datetime", "shlex", "ctypes.util", "subprocess", "pyseccomp",
-    "pycontain.backends.seccomp", "hashlib",
+    "pycontain.backends.seccomp", "hashlib", "pycontain.backends.tarsafe",
     "pycontain.network", "pycontain.stats", "pycontain.build", "pycontain.namespace",
 )
 
