@@ -42,6 +42,7 @@ from pycontain.container_gc import CGROUP_PARENT, container_key
 from pycontain.errors import (
     AlreadyExists,
     InvalidArgument,
+    KernelError,
     NotFound,
     PycontainError,
     Timeout,
@@ -320,9 +321,27 @@ class Container:
         """"created", "running", "paused" or "exited"."""
         with self._lock:
             if self._status in ("running", "paused") and self._child is not None \
-                    and self._child.poll() is not None:
+                    and self._poll_child() is not None:
                 self._finish()
             return self._status
+
+    def _poll_child(self) -> int | None:
+        """The PID 1's return code if it ended, else None.
+
+        If the zygote that forked it is gone (at interpreter exit it may
+        close before this container is removed), its status went with it:
+        from then on the container is watched like one opened from another
+        process, by pid and by the ``exit`` file its init writes.
+        """
+        assert self._child is not None
+        try:
+            return self._child.poll()
+        except KernelError:
+            if isinstance(self._child, _ExternalProcess):
+                raise
+            external = _ExternalProcess(self._child.pid, self._state_path / "exit")
+            self._child = external  # type: ignore[assignment]
+            return external.poll()
 
     @property
     def pid(self) -> int | None:
@@ -526,7 +545,11 @@ class Container:
         """
         child = self._need_child("wait")
         try:
-            code = child.wait(timeout)
+            try:
+                code = child.wait(timeout)
+            except KernelError:  # the zygote is gone (see _poll_child)
+                self._poll_child()
+                code = self._need_child("wait").wait(timeout)
         except Timeout:
             raise Timeout(f"container {self.name} still running after {timeout} s", op="wait",
                           field="timeout", value=timeout) from None
@@ -538,7 +561,7 @@ class Container:
         """Record the exit; the cgroup stays (for stats) until remove()."""
         if self._status == "exited" or self._child is None:
             return
-        code = self._child.poll()
+        code = self._poll_child()
         if code is None:
             return
         self._exit_code = _status_code(code)

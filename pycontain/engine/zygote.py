@@ -359,8 +359,9 @@ class Zygote:
         try:
             if done():
                 return False
-            if self._dead:
-                raise KernelError("the zygote died; its children were killed", op="zygote",
+            if self._dead or self._closed:
+                raise KernelError("the zygote " + ("was closed" if self._closed else "died")
+                                  + "; its children were killed", op="zygote",
                                   errno=errno.ESRCH, hint="make a new Zygote()")
             ready, _, _ = select.select([self._sock], [], [], timeout)
             if not ready:

@@ -63,8 +63,23 @@ def cell_zygote() -> Any:
         if z is None or z._closed or z._dead or z._owner != os.getpid():
             z = _zygote = Zygote(preload=(*_PRELOAD, *_ZYGOTE_PRELOAD))
             _preloaded.clear()
-            atexit.register(z.close)
         return z
+
+
+_pools: list[WarmPool] = []
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Remove the waiting containers first, then stop the zygote that forked them."""
+    for pool in list(_pools):
+        try:
+            pool.close()
+        except Exception:
+            pass
+    z = _zygote
+    if z is not None and z._owner == os.getpid():
+        z.close()
 
 
 def _site_packages(module: Any) -> bool:
@@ -159,7 +174,7 @@ class WarmPool:
         self._ready: tuple[tuple[Any, ...], CellContainer] | None = None
         self._thread: threading.Thread | None = None
         self._owner = os.getpid()
-        atexit.register(self.close)
+        _pools.append(self)
 
     @staticmethod
     def key(options: dict[str, Any]) -> tuple[Any, ...]:

@@ -268,3 +268,24 @@ def test_start_python_from_a_zygote_runs_inside_without_the_callers_memory() -> 
         del globals()["_SET_AT_RUN_TIME"]
         if os.path.exists(out):
             os.unlink(out)
+
+
+def test_status_and_remove_survive_the_zygote_going_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At interpreter exit a zygote may close before the containers it forked
+    # are removed: its children die with it (PR_SET_PDEATHSIG), and their
+    # statuses go with it; status, wait and remove still work.
+    from pycontain.engine import Zygote
+
+    z = Zygote()
+    monkeypatch.setattr(pycontain.container, "_fork_source", lambda: z)
+    c = Container(command=["sleep", "30"], name="orphaned-by-zygote")
+    try:
+        c.start()
+        assert c.status == "running"
+        z.close()
+        assert c.wait(10) == 128 + signal.SIGKILL
+        assert c.status == "exited"
+    finally:
+        c.remove(force=True)
+        z.close()
+    assert pycontain.containers().empty

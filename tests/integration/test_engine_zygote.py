@@ -124,7 +124,17 @@ def test_unpicklable_target_is_invalid(zygote: Zygote) -> None:
     assert info.value.field == "target"
 
 
-def test_shared_zygote_restarts_after_death() -> None:
+@pytest.fixture
+def own_shared_zygote(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """These tests close the process-wide zygote: give them their own, and
+    put back the one the session's containers use."""
+    from pycontain.engine import zygote as zygote_module
+
+    monkeypatch.setattr(zygote_module, "_shared", None)
+    yield
+
+
+def test_shared_zygote_restarts_after_death(own_shared_zygote: None) -> None:
     from pycontain.engine import shared_zygote
 
     first = shared_zygote()
@@ -139,7 +149,7 @@ def test_shared_zygote_restarts_after_death() -> None:
         shared_zygote().close()
 
 
-def test_a_forked_copy_gets_its_own_shared_zygote() -> None:
+def test_a_forked_copy_gets_its_own_shared_zygote(own_shared_zygote: None) -> None:
     from pycontain.engine import shared_zygote
 
     mine = shared_zygote()

@@ -40,6 +40,21 @@ def _containers() -> list[dict]:
     return list(pycontain.containers().to_dict("records"))
 
 
+def _settled(expected: int, timeout: float = 15) -> list[dict]:
+    """The containers once the background work after a cell is done: the
+    finished cell's container removed, ``expected`` of them running."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _containers()
+        if len(rows) == expected and all(r["status"] == "running" for r in rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {expected} running containers, got {rows}")
+        time.sleep(0.05)
+
+
 def _cell(kernel: Kernel, body: str, options: str = "--quiet --no-monitor") -> str:
     reply, msgs = kernel.run(f"%%container {options}\n{body}")
     assert reply["status"] == "ok", (reply, msgs)
@@ -58,8 +73,8 @@ def test_each_cell_gets_a_fresh_container_and_one_waits(kernel: Kernel, _private
     assert host1 != host2 and pid1 == pid2 == "2" and seen == "False"
     assert not os.path.exists("/tmp/left-by-cell-1")
     # Between cells: exactly one container waits, started with the last options.
-    waiting = [c for c in _containers() if c["status"] == "running"]
-    assert len(waiting) == 1 and waiting[0]["name"] not in (host1, host2)
+    waiting = _settled(1)
+    assert waiting[0]["name"] not in (host1, host2)
     # Changed options: the waiting container does not fit; one with the new limit runs the cell.
     out = _cell(kernel, "import os\nprint(open('/sys/fs/cgroup/memory/memory.limit_in_bytes').read().strip()"
                         " if os.path.exists('/sys/fs/cgroup/memory/memory.limit_in_bytes')"
@@ -114,7 +129,7 @@ def test_kernel_shutdown_removes_the_waiting_container(_private_state: str) -> N
         k = Kernel(km, kc)
         k.run("%load_ext pycontain")
         assert _cell(k, "print(1)") == "1\n"
-        assert [c["status"] for c in _containers()] == ["running"]
+        _settled(1)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
