@@ -188,7 +188,7 @@ def _exec_case(ws: Workspace) -> Case:
 
 def _memory_case(ws: Workspace) -> Case:
     """Pss per running container, as bench_memory measures the peers: the
-    engine's relay (outside the pid namespace), PID 1 (pycontain's init) and
+    container's PID 1 (pycontain's init, forked from the zygote: no relay) and
     the workload."""
     from benchmarks.bench_memory import SLEEP, N, _measure
     from pycontain import Container
@@ -207,7 +207,7 @@ def _memory_case(ws: Workspace) -> Case:
                 c.remove(force=True)
 
     return Case("pycontain", "memory", run=run, setup=lambda: _busybox_image(ws), unit="MiB", repeat=5,
-                note="Container(command=sleep) x5: relay + PID 1 (init) + sleep; Pss per container")
+                note="Container(command=sleep) x5: PID 1 (init, a fork of the zygote) + sleep; Pss per container")
 
 
 def _build_case(ws: Workspace, cold: bool) -> Case:
