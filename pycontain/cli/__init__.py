@@ -26,12 +26,14 @@ usage, 130 for Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["main", "build_parser", "topic_modules", "fork_containers_here"]
 
@@ -81,6 +83,8 @@ def _build(modules: Iterable[str] | None, only: str | None,
         if text not in warned:
             warned.add(text)
             print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+    import argparse
 
     from pycontain import __version__
 
@@ -188,19 +192,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pycontain.errors import InvalidArgument, PycontainError
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = _command_word(argv)
-    warned: set[str] = set()
-    parser, found = _build(None, only=command, warned=warned) if command is not None else (None, False)
-    if parser is None or not found:
-        parser = _build(None, only=None, warned=warned)[0]
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version and usage errors: return, don't exit
-        return _exit_code(e.code)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return 2
+    args: Any = None
+    if argv[:1] == ["run"]:
+        # The common case, read without argparse (see quick_run_args).
+        from pycontain.cli.containers import quick_run_args
+
+        args = quick_run_args(argv[1:])
+    if args is None:
+        command = _command_word(argv)
+        warned: set[str] = set()
+        parser, found = _build(None, only=command, warned=warned) if command is not None else (None, False)
+        if parser is None or not found:
+            parser = _build(None, only=None, warned=warned)[0]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version and usage errors: return, don't exit
+            return _exit_code(e.code)
+        if getattr(args, "handler", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+    handler = args.handler
     try:
         return int(handler(args) or 0)
     except SystemExit as e:

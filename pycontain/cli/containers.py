@@ -4,39 +4,112 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 ORDER = 10
 
+#: ``pycontain run``'s options: (flags, dest, action, default, help), action
+#: "store", "store_true" or "append" (default: a new empty list). register()
+#: gives them to argparse, and :func:`quick_run_args` reads the usual forms
+#: without argparse: one table, so the two cannot drift apart.
+RUN_OPTIONS: tuple[tuple[tuple[str, ...], str, str, str | None, str], ...] = (
+    (("--rm",), "rm", "store_true", None, "remove the container when it exits"),
+    (("-d", "--detach"), "detach", "store_true", None, "run in the background; print the name"),
+    (("--name",), "name", "store", None, "container name"),
+    (("-m", "--memory"), "memory", "store", None, "memory limit, e.g. 512M"),
+    (("--cpus",), "cpus", "store", None, "CPU limit, e.g. 0.5"),
+    (("--pids-limit",), "pids", "store", None, "process limit"),
+    (("--cpuset-cpus",), "cpuset", "store", None, "CPUs allowed, e.g. 0-1"),
+    (("--network", "--net"), "network", "store", "none", "none (default), host, bridge, NAME"),
+    (("-e", "--env"), "env", "append", None, "KEY=VALUE (repeatable)"),
+    (("-v", "--volume"), "volume", "append", None, "SRC:DST[:ro] (repeatable)"),
+    (("-w", "--workdir"), "workdir", "store", None, "working directory inside"),
+    (("-u", "--user"), "user", "store", None, "user[:group] inside"),
+    (("--hostname",), "hostname", "store", None, "hostname inside"),
+    (("-p", "--publish"), "publish", "append", None, "HOSTPORT:CONTAINERPORT on 127.0.0.1"),
+    (("--read-only",), "read_only", "store_true", None, "mount the root read-only"),
+    (("--cap-add",), "cap_add", "append", None, "add a capability"),
+    (("--cap-drop",), "cap_drop", "append", None, "drop a capability"),
+    (("--security-opt",), "security_opt", "append", None, "seccomp=unconfined|PROFILE.json"),
+    (("--storage-opt",), "storage_opt", "append", None, "size=64M: bound the writable layer"),
+    (("--userns",), "userns", "store", None,
+     "auto (root inside is host uid 100000..) or a map 'INSIDE OUTSIDE COUNT[;...]'; host (the default): none"),
+)
+
+
+def quick_run_args(argv: Sequence[str]) -> SimpleNamespace | None:
+    """``pycontain run``'s arguments (``argv`` after ``run``) as argparse would
+    parse them, for the usual forms only; None for anything else (help, an
+    unknown or abbreviated option, ``-xVALUE`` or combined short flags, a
+    value that starts with ``-``, a ``--`` anywhere (argparse drops one from
+    the command), no image): then argparse parses, and reports what is wrong.
+
+    Why: importing argparse and building the parser costs every CLI start
+    ~5 ms (argparse looks up message catalogs for each help string).
+    """
+    if "--" in argv:
+        return None
+    by_flag = {flag: (dest, action) for flags, dest, action, _default, _help in RUN_OPTIONS for flag in flags}
+    values: dict[str, Any] = {}
+    for _flags, dest, action, default, _help in RUN_OPTIONS:
+        values[dest] = False if action == "store_true" else [] if action == "append" else default
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg == "-":
+            # The image; everything after it is the command (argparse.REMAINDER).
+            return SimpleNamespace(debug=False, **values, image=arg, command=list(argv[i + 1:]),
+                                   handler=cmd_run)
+        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        known = by_flag.get(flag)
+        if known is None:
+            return None
+        dest, action = known
+        if action == "store_true":
+            if eq:
+                return None
+            values[dest] = True
+            i += 1
+            continue
+        if eq:
+            value = inline
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            i += 2
+        if value.startswith("-"):
+            return None
+        if action == "append":
+            values[dest].append(value)
+        else:
+            values[dest] = value
+    return None
+
 
 def register(subparsers: Any) -> None:
+    import argparse
+
     p = subparsers.add_parser("run", help="run a command in a new container",
                               description="Run COMMAND in a new container from IMAGE ('host' = the host's "
                                           "root, copy-on-write). The exit code is the container's.")
-    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background; print the name")
-    p.add_argument("--name", help="container name")
-    p.add_argument("-m", "--memory", help="memory limit, e.g. 512M")
-    p.add_argument("--cpus", help="CPU limit, e.g. 0.5")
-    p.add_argument("--pids-limit", dest="pids", help="process limit")
-    p.add_argument("--cpuset-cpus", dest="cpuset", help="CPUs allowed, e.g. 0-1")
-    p.add_argument("--network", "--net", dest="network", default="none", help="none (default), host, bridge, NAME")
-    p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE (repeatable)")
-    p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro] (repeatable)")
-    p.add_argument("-w", "--workdir", help="working directory inside")
-    p.add_argument("-u", "--user", help="user[:group] inside")
-    p.add_argument("--hostname", help="hostname inside")
-    p.add_argument("-p", "--publish", action="append", default=[], help="HOSTPORT:CONTAINERPORT on 127.0.0.1")
-    p.add_argument("--read-only", action="store_true", help="mount the root read-only")
-    p.add_argument("--cap-add", action="append", default=[], help="add a capability")
-    p.add_argument("--cap-drop", action="append", default=[], help="drop a capability")
-    p.add_argument("--security-opt", action="append", default=[], help="seccomp=unconfined|PROFILE.json")
-    p.add_argument("--storage-opt", action="append", default=[], help="size=64M: bound the writable layer")
-    p.add_argument("--userns", help="auto (root inside is host uid 100000..) or a map 'INSIDE OUTSIDE COUNT[;...]'; "
-                   "host (the default): none")
+    for flags, dest, action, default, helptext in RUN_OPTIONS:
+        kw: dict[str, Any] = {"dest": dest, "help": helptext}
+        if action != "store":
+            kw["action"] = action
+        if action == "append":
+            kw["default"] = []
+        elif default is not None:
+            kw["default"] = default
+        p.add_argument(*flags, **kw)
     p.add_argument("image", help="image tag, or 'host'")
     p.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     p.set_defaults(handler=cmd_run)

@@ -64,12 +64,13 @@ def test_fresh_venv_layout(tmp_path: Path) -> None:
 #: tarfile, hashlib (OpenSSL): layers are read or written only when one is
 #: made; pyseccomp and the seccomp parser: the program is kept on disk;
 #: secrets, platform, decimal, datetime, shlex: cheaper equivalents do;
-#: ctypes.util: find_library runs ldconfig.
+#: ctypes.util: find_library runs ldconfig; argparse (and the other topics'
+#: commands): `run`'s usual arguments are read without it.
 NOT_ON_THE_RUN_PATH = (
     "pandas", "numpy", "pyroute2", "IPython", "matplotlib", "ipywidgets",
     "cloudpickle", "pycontain.engine.zygote", "socket", "tarfile", "pycontain.backends.storage_tar",
     "secrets", "platform", "decimal", "datetime", "shlex", "ctypes.util", "subprocess", "pyseccomp",
-    "pycontain.backends.seccomp", "hashlib", "pycontain.backends.tarsafe",
+    "pycontain.backends.seccomp", "hashlib", "pycontain.backends.tarsafe", "argparse", "pycontain.cli.images",
     "pycontain.network", "pycontain.stats", "pycontain.build", "pycontain.namespace",
 )
 
