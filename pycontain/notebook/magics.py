@@ -35,7 +35,8 @@ def _names(value: str | None, option: str) -> list[str]:
 
 @magics_class
 class ContainerMagics(Magics):
-    """The pycontain magics: ``%%container``, ``%container stop NAME``, ``%containers``."""
+    """The pycontain magics: ``%%container``, ``%container stop NAME``, ``%container warm on|off``,
+    ``%containers``."""
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
@@ -57,7 +58,7 @@ class ContainerMagics(Magics):
     @argument("--monitor", dest="monitor", action="store_true", default=None, help="always show the live plot")
     @argument("--no-monitor", dest="monitor", action="store_false", help="never show the live plot")
     @argument("--quiet", action="store_true", help="no summary line")
-    @argument("rest", nargs="*", help="with no cell: 'stop NAME' or 'ls'")
+    @argument("rest", nargs="*", help="with no cell: 'stop NAME', 'ls' or 'warm on|off'")
     @line_cell_magic
     def container(self, line: str, cell: str | None = None) -> Any:
         """Run the cell inside a container (see ``%%container?``)."""
