@@ -434,8 +434,6 @@ class Container:
             if self._status != "created":
                 raise InvalidArgument(f"the container is {self._status}, not created", field="status",
                                       value=self._status, hint="make a new Container to run again")
-            # What crashed creators left behind goes first (cheap when there is nothing).
-            collect()
             cleanup = contextlib.ExitStack()
             holder: _UserNamespaceHolder | None = None
             try:
@@ -513,7 +511,13 @@ class Container:
                     env=env,
                     returns=False,  # _container_init never returns: no cloudpickle for it
                 )
-                self._child = start(spec, zygote=zygote if target is not None else _fork_source())
+                # What crashed creators left behind is collected while our
+                # child sets itself up (cheap when there is nothing; never raises).
+                def meanwhile(_pid: int) -> None:
+                    collect()
+
+                self._child = start(spec, zygote=zygote if target is not None else _fork_source(),
+                                    meanwhile=meanwhile)
                 _fault("after_engine_start")
                 if holder is not None:
                     holder.release()  # PID 1 is in the namespace now: it lives as long as the container

@@ -16,6 +16,7 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pycontain.engine import child as _child
@@ -316,13 +317,17 @@ class Child:
             self.wait()
 
 
-def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
+def start(spec: ChildSpec, *, zygote: Any = None, meanwhile: Callable[[int], None] | None = None) -> Child:
     """Fork a single-threaded child that becomes ``spec``; return once it runs.
 
     By default the caller forks (a snapshot of the caller: ``target`` sees
     its variables). With ``zygote=`` (a :class:`pycontain.engine.Zygote`),
     the child is forked from that small helper instead, which is faster for
     a big caller; ``target`` and ``preexec`` then travel by cloudpickle.
+
+    ``meanwhile(pid)``, if given, runs in the caller right after the fork,
+    while the child sets itself up; if it raises, the child is killed and
+    reaped and the error raised.
 
     Returns after the child exec'd (or started its target). A failed setup
     step (cgroup join, setns, unshare, maps, persist, hostname, chdir, exec)
@@ -383,6 +388,10 @@ def start(spec: ChildSpec, *, zygote: Any = None) -> Child:
     # the workload's requests, until its host pid is known (P message)
     stashed: list[tuple[str, list[str]]] = []
     try:
+        if meanwhile is not None:
+            # The caller's own work that need not come before the child runs,
+            # done while the child sets itself up (on another CPU, usually).
+            meanwhile(pid)
         error: BaseException | None = None
         while True:
             msg = _read_message(status_r)

@@ -13,7 +13,7 @@ already started with the same options (:class:`WarmPool`), and waits for
 its code in :func:`pycontain.notebook.cell.cell_server`: a trivial cell then
 costs little more than a plain one. Each cell still gets its own container
 and a fresh writable layer, thrown away when the cell ends; the waiting
-container is removed when the kernel exits (or ``%container pool off``).
+container is removed when the kernel exits (or ``%container warm off``).
 """
 
 from __future__ import annotations
