@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,16 +81,29 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
+def _temp_file(directory: str, prefix: str) -> tuple[int, str]:
+    """What tempfile.mkstemp makes (a new file, 0600, a random name), without
+    importing tempfile: ~1 ms of every CLI start."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        name = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name in {directory}")
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so readers never see half a file."""
     # One dumps and one write (json.dump writes chunk by chunk); the
     # directory is made only if the first try says it is missing.
     text = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        fd, tmp = _temp_file(str(path.parent), f".{path.name}.")
     except FileNotFoundError:
         ensure_dir(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        fd, tmp = _temp_file(str(path.parent), f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(text)

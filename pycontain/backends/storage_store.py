@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -216,6 +215,8 @@ class Store:
         if digest is not None:
             check_digest_string(digest, "digest")
         self.ensure()
+        import tempfile  # here: a container start does not need it
+
         work = tempfile.mkdtemp(prefix="layer-", dir=self.tmp_dir)
         try:
             os.chmod(work, 0o700)
@@ -253,6 +254,8 @@ class Store:
         path = self.layer_path(diff_id)
         if os.path.lexists(path):
             # Rename first so a half-removed layer is never seen as complete.
+            import tempfile  # here: a container start does not need it
+
             doomed = tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir)
             os.rename(path, os.path.join(doomed, "x"))
             _remove_tree(doomed)
@@ -272,6 +275,8 @@ class Store:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = os.path.join(self.root, "blobs", "sha256", hex_of(digest))
         if not os.path.exists(path):
+            import tempfile  # here: a container start does not need it
+
             fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -308,6 +313,8 @@ class Store:
         return rec
 
     def _write_image(self, rec: ImageRecord) -> None:
+        import tempfile  # here: a container start does not need it
+
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
         with os.fdopen(fd, "w") as f:
             json.dump(rec.to_json(), f)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,6 +243,8 @@ class Layer:
             layer = Layer.from_dir("/srv/rootfs")
             layer.digest, layer.size
         """
+        import tempfile
+
         from pycontain.backends import storage_tar  # tarfile: only when writing a layer
 
         src = os.fspath(path)

@@ -71,6 +71,7 @@ NOT_ON_THE_RUN_PATH = (
     "cloudpickle", "pycontain.engine.zygote", "socket", "tarfile", "pycontain.backends.storage_tar",
     "secrets", "platform", "decimal", "datetime", "shlex", "ctypes.util", "subprocess", "pyseccomp",
     "pycontain.backends.seccomp", "hashlib", "pycontain.backends.tarsafe", "argparse", "pycontain.cli.images",
+    "tempfile",
     "pycontain.network", "pycontain.stats", "pycontain.build", "pycontain.namespace",
 )
 
