@@ -95,6 +95,16 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
             importlib.import_module(name)
         except Exception:
             pass  # a missing preload only makes children slower
+    # A process group of its own: whoever signals the caller's group must
+    # not kill the zygote behind the caller's back. (ipykernel, at shutdown,
+    # SIGTERMs every process in its group and waits until none is left; a
+    # dead zygote stays its zombie until the caller's atexit reaps it, so the
+    # kernel would wait for itself until it is killed.) The children join the
+    # caller's group again (below): for them the group's signals are right.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
@@ -172,6 +182,13 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                     parent_fd, old = fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor), parent_fd
                     os.close(old)
                 channels = _place_fds(fds, targets)
+                try:
+                    # The caller's process group: its terminal's job control and
+                    # its signals (the notebook's stop button) reach us as they
+                    # would a child of the caller.
+                    os.setpgid(0, targets.get("pgid", 0))
+                except OSError:
+                    pass
                 _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle, parent_fd=parent_fd)
             finally:
                 os._exit(_child.SETUP_FAILED)
@@ -271,7 +288,7 @@ class Zygote:
         if len(fds) > _MAX_FDS:
             raise PycontainError(f"too many fds to pass ({len(fds)})", op="zygote", hint=f"at most {_MAX_FDS}")
         targets = {"numbers": numbers, "status": channels.status, "sync": channels.sync,
-                   "result": channels.result}
+                   "result": channels.result, "pgid": os.getpgrp()}
         with self._send_lock:
             self._next_id += 1
             req_id = self._next_id

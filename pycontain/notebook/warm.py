@@ -161,17 +161,25 @@ def start_cell_container(options: dict[str, Any], zygote: Any | None = None) -> 
 
 
 class WarmPool:
-    """At most one started cell container, for the options of the last cell.
+    """Started cell containers waiting for a cell, for the options of the last one.
 
-    :meth:`take` hands it out when the options match; :meth:`refill` starts
-    the next one in a background thread. Failures there are silent: the
-    next cell then starts its container itself and reports the error.
+    :meth:`take` hands one out at once when the options match; :meth:`refill`
+    queues the finished container for removal and asks for the pool to be
+    topped up to ``depth``. One background worker does both, starting the
+    new containers before it removes old ones. Two waiting containers let
+    cells run back to back ("Run All") without waiting for a start. Failures
+    in the worker are silent: a cell that finds none ready starts its
+    container itself and reports the error.
     """
+
+    depth = 2
 
     def __init__(self) -> None:
         self.enabled = True
-        self._lock = threading.Lock()
-        self._ready: tuple[tuple[Any, ...], CellContainer] | None = None
+        self._cond = threading.Condition()
+        self._ready: list[tuple[tuple[Any, ...], CellContainer]] = []
+        self._finished: list[CellContainer] = []
+        self._want: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
         self._thread: threading.Thread | None = None
         self._owner = os.getpid()
         _pools.append(self)
@@ -181,69 +189,114 @@ class WarmPool:
         return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
     def take(self, options: dict[str, Any]) -> CellContainer | None:
-        """The waiting container if it was started with ``options`` and still waits."""
-        self._join()
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is None:
-            return None
-        key, cell = ready
-        if key != self.key(options) or cell.container.status != "running":
-            cell.remove()
-            return None
-        return cell
+        """A waiting container started with ``options`` (waiting for one being
+        started for them, if none is ready yet); None if there is none."""
+        key = self.key(options)
+        with self._cond:
+            while True:
+                for i, (k, cell) in enumerate(self._ready):
+                    if k == key:
+                        del self._ready[i]
+                        if cell.container.status == "running":
+                            return cell
+                        self._finished.append(cell)
+                        break
+                else:
+                    starting = self._thread is not None and self._want is not None and self._want[0] == key
+                    if not starting:
+                        return None
+                    self._cond.wait(timeout=5)
+                    if self._thread is None:
+                        return None
+                    continue
 
     def refill(self, options: dict[str, Any], zygote: Any | None = None, *, finished: CellContainer | None = None,
                wait: bool = False) -> None:
-        """In the background: remove ``finished`` (a cell's container whose
-        cell is done), then start a container for the next cell with
-        ``options``. The next :meth:`take` waits for both. With
-        ``wait=True`` (or when the pool is off), all of it happens now.
-        """
-        self._join()
-
-        def work() -> None:
+        """Remove ``finished`` (a cell's container whose cell is done) and keep
+        ``depth`` containers with ``options`` waiting, in the background (or
+        now, with ``wait=True``). When the pool is off, only the removal."""
+        wait = wait or not self.enabled  # off: the cell's container is gone when the cell ends
+        with self._cond:
             if finished is not None:
-                finished.close_requests()
-                try:
-                    finished.container.wait(timeout=5)
-                except Exception:
-                    pass  # remove() below kills what is left
-                finished.remove()
-            if not self.enabled:
-                return
-            try:
-                cell = start_cell_container(options, zygote)
-            except Exception:
-                return
-            with self._lock:
-                old, self._ready = self._ready, (self.key(options), cell)
-            if old is not None:
-                old[1].remove()
+                self._finished.append(finished)
+            key = self.key(options)
+            self._want = (key, dict(options), zygote) if self.enabled else None
+            # Waiting containers for other options will not be taken: let them go.
+            keep = [(k, c) for k, c in self._ready if k == key]
+            self._finished.extend(c for k, c in self._ready if k != key)
+            self._ready = keep
+            if self._thread is None and not wait:
+                self._thread = threading.Thread(target=self._work, name="pycontain-warm-cell", daemon=True)
+                self._thread.start()
+        if wait:
+            self._work()
 
-        if wait or not self.enabled:
-            work()
-            return
-        self._thread = threading.Thread(target=work, name="pycontain-warm-cell", daemon=True)
-        self._thread.start()
+    def _work(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    want = self._want
+                    need = want is not None and self.enabled and \
+                        sum(1 for k, _ in self._ready if k == want[0]) < self.depth
+                    old = [] if need else self._finished[:]
+                    if not need:
+                        self._finished.clear()
+                    if not need and not old:
+                        # Decided under the lock: a refill() from now on starts a new worker.
+                        if self._thread is threading.current_thread():
+                            self._thread = None
+                        self._cond.notify_all()
+                        return
+                if need:
+                    assert want is not None
+                    try:
+                        cell = start_cell_container(want[1], want[2])
+                    except Exception:
+                        with self._cond:
+                            self._want = None  # no retry loop on a host that cannot start it
+                        continue
+                    with self._cond:
+                        self._ready.append((want[0], cell))
+                        self._cond.notify_all()
+                    continue
+                for cell in old:
+                    cell.close_requests()
+                    try:
+                        cell.container.wait(timeout=5)
+                    except Exception:
+                        pass  # remove() below kills what is left
+                    try:
+                        cell.remove()
+                    except Exception:
+                        pass
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+                self._cond.notify_all()
 
     def _join(self) -> None:
-        t, self._thread = self._thread, None
-        if t is not None:
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
             t.join()
 
     def close(self) -> None:
-        """Remove the waiting container (idempotent; also at exit)."""
+        """Remove every waiting container (idempotent; also at exit)."""
         if os.getpid() != self._owner:
             return
+        with self._cond:
+            self._want = None
         self._join()
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            ready[1].remove()
+        with self._cond:
+            cells = [c for _, c in self._ready] + self._finished
+            self._ready, self._finished = [], []
+        for cell in cells:
+            try:
+                cell.remove()
+            except Exception:
+                pass
 
 
 def warm_names(pool: WarmPool) -> Iterable[str]:
     """Names of the containers the pool keeps waiting (for listings)."""
-    ready = pool._ready
-    return [ready[1].container.name] if ready is not None else []
+    return [c.container.name for _, c in list(pool._ready)]

@@ -186,3 +186,15 @@ def test_preload_keeps_modules_loaded_for_later_children(zygote: Zygote) -> None
     assert [name for name, _ in failed] == ["no_such_module_pycontain_test"]
     assert "ModuleNotFoundError" in failed[0][1]
     assert real_start(ChildSpec(target=_is_loaded, args=(module,)), zygote=zygote).result(10) is True
+
+
+def test_zygote_has_its_own_process_group_children_join_ours(zygote: Zygote) -> None:
+    # Signals to our group (ipykernel's shutdown SIGTERMs it) must not kill
+    # the zygote; its children are ours to signal, as direct children would be.
+    assert os.getpgid(zygote.pid) == zygote.pid != os.getpgrp()
+    child = real_start(ChildSpec(argv=["sleep", "10"]), zygote=zygote)
+    try:
+        assert os.getpgid(child.pid) == os.getpgrp()
+    finally:
+        child.kill()
+        child.wait()
