@@ -95,16 +95,6 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
             importlib.import_module(name)
         except Exception:
             pass  # a missing preload only makes children slower
-    # A process group of its own: whoever signals the caller's group must
-    # not kill the zygote behind the caller's back. (ipykernel, at shutdown,
-    # SIGTERMs every process in its group and waits until none is left; a
-    # dead zygote stays its zombie until the caller's atexit reaps it, so the
-    # kernel would wait for itself until it is killed.) The children join the
-    # caller's group again (below): for them the group's signals are right.
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(wake_w)
@@ -239,7 +229,8 @@ class Zygote:
             # No pdeathsig: it would fire when the creating *thread* ends; the
             # zygote ends when this socket closes instead (also on our death).
             self._helper = start(ChildSpec(argv=[sys.executable, "-I", "-c", _BOOT, str(theirs.fileno())],
-                                           env=env, pass_fds=[theirs.fileno()], pdeathsig=None))
+                                           env=env, pass_fds=[theirs.fileno()], pdeathsig=None,
+                                           preexec=_own_process_group))
         finally:
             theirs.close()
         self.pid = self._helper.pid
@@ -417,6 +408,17 @@ class Zygote:
 
     def __repr__(self) -> str:
         return f"<Zygote pid={self.pid}{' closed' if self._closed else ''}>"
+
+
+def _own_process_group() -> None:  # pragma: no cover - runs in the zygote before exec
+    """A process group of its own, so whoever signals the caller's group does
+    not kill the zygote behind the caller's back. (ipykernel, at shutdown,
+    SIGTERMs every process of its group and waits until none is left; a dead
+    zygote stays the caller's zombie until the caller's atexit reaps it, so
+    the kernel waited for itself until it was killed, and atexit never ran.)
+    Its children join the caller's group again: for them the group's signals
+    (a terminal's Ctrl-C and job control, the notebook's stop button) are right."""
+    os.setpgid(0, 0)
 
 
 def _is_open(fd: int) -> bool:
