@@ -8,12 +8,12 @@ kernel, that has imported IPython (with a shell, see
 and the packages the kernel itself imported (:func:`follow_imports`). The
 cost of a cell no longer grows with the kernel's size.
 
-And while the user reads a cell's output, the next cell's container is
-already started with the same options (:class:`WarmPool`), and waits for
-its code in :func:`pycontain.notebook.cell.cell_server`: a trivial cell then
-costs little more than a plain one. Each cell still gets its own container
-and a fresh writable layer, thrown away when the cell ends; the waiting
-container is removed when the kernel exits (or ``%container warm off``).
+And while the user reads a cell's output, containers for the next cells are
+already started with the same options (:class:`WarmPool`, two of them), and
+wait for their code in :func:`pycontain.notebook.cell.cell_server`: a trivial
+cell then costs little more than a plain one. Each cell still gets its own
+container and a fresh writable layer, thrown away when the cell ends; the
+waiting containers are removed when the kernel exits (or ``%container warm off``).
 """
 
 from __future__ import annotations
