@@ -1184,6 +1184,11 @@ _ZYGOTE_PRELOAD = (
 )
 
 
+#: What a zygote runs when its caller died without closing it: collect what
+#: the caller's containers left behind, at once.
+ZYGOTE_CLEANUP = "pycontain.container_gc:collect"
+
+
 def _fork_source() -> Any:
     """The zygote to fork a command's container from, or None to fork the caller."""
     if FORK_SOURCE == "caller":
@@ -1195,7 +1200,7 @@ def _fork_source() -> Any:
         return None
     from pycontain.engine import shared_zygote
 
-    return shared_zygote(_ZYGOTE_PRELOAD)
+    return shared_zygote(_ZYGOTE_PRELOAD, cleanup=ZYGOTE_CLEANUP)
 
 
 def _check_userns_storage(config: ContainerConfig) -> None:

@@ -27,7 +27,7 @@ import pickle
 import select
 import signal
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from pycontain.engine.spec import ChildSpec
@@ -259,17 +259,17 @@ def _exec(spec: ChildSpec, env: dict[str, str]) -> NoReturn:
     exec_argv(spec.argv, env)
 
 
-def exec_argv(argv: Sequence[str], env: dict[str, str]) -> NoReturn:
-    """execve ``argv`` with a PATH lookup in ``env`` (like execvpe); raises the typed error."""
+def _on_path(argv: Sequence[str], env: dict[str, str], run: Callable[[str], Any], *, look_first: bool) -> Any:
+    """``run(path)`` for each PATH candidate of ``argv[0]`` (``env``'s PATH, like
+    execvpe) until one works; raise the most meaningful error as typed."""
     program = argv[0]
-    if "/" in program:
-        candidates = [program]
-    else:
-        candidates = [os.path.join(d, program) for d in os.get_exec_path(env)]
+    candidates = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
     first_error: OSError | None = None
     for path in candidates:
         try:
-            os.execve(path, list(argv), env)
+            if look_first and len(candidates) > 1:
+                os.stat(path)
+            return run(path)
         except OSError as e:
             # Like execvp: remember a meaningful error (EACCES) over ENOENT.
             if first_error is None or (first_error.errno == errno.ENOENT and e.errno != errno.ENOENT):
@@ -280,6 +280,12 @@ def exec_argv(argv: Sequence[str], env: dict[str, str]) -> NoReturn:
                        if first_error.errno == errno.ENOENT else None)
 
 
+def exec_argv(argv: Sequence[str], env: dict[str, str]) -> NoReturn:
+    """execve ``argv`` with a PATH lookup in ``env`` (like execvpe); raises the typed error."""
+    _on_path(argv, env, lambda path: os.execve(path, list(argv), env), look_first=False)
+    raise AssertionError("unreachable: execve returned")  # pragma: no cover
+
+
 def spawn_argv(argv: Sequence[str], env: dict[str, str]) -> int:
     """Start ``argv`` as a child with a PATH lookup in ``env``; return its pid.
 
@@ -288,24 +294,12 @@ def spawn_argv(argv: Sequence[str], env: dict[str, str]) -> int:
     fork of it costs ~0.5-1 ms, this ~0.1 ms). The child gets default
     signal dispositions and an empty signal mask, like an exec'd program
     after :func:`reset_signals`. Raises the typed error of the exec.
+    Each failed posix_spawn costs a process (and a pid inside the
+    container), so candidates are looked at first, as execvp's failed
+    execve calls would.
     """
-    program = argv[0]
-    candidates = [program] if "/" in program else [os.path.join(d, program) for d in os.get_exec_path(env)]
-    first_error: OSError | None = None
-    for path in candidates:
-        try:
-            if len(candidates) > 1:
-                # Each failed posix_spawn costs a process (and a pid inside the
-                # container): look first, as execvp's failed execve calls would.
-                os.stat(path)
-            return os.posix_spawn(path, list(argv), env, setsigmask=(), setsigdef=_DEFAULT_SIGNALS)
-        except OSError as e:
-            if first_error is None or (first_error.errno == errno.ENOENT and e.errno != errno.ENOENT):
-                first_error = e
-    assert first_error is not None
-    raise kernel_error("execve", first_error.errno or errno.ENOENT, path=program,
-                       hint="is the program installed and on PATH inside the container?"
-                       if first_error.errno == errno.ENOENT else None)
+    return int(_on_path(argv, env, lambda path: os.posix_spawn(path, list(argv), env, setsigmask=(),
+                                                                setsigdef=_DEFAULT_SIGNALS), look_first=True))
 
 
 # Every catchable signal: posix_spawn resets them to their defaults in the child.

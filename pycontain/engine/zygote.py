@@ -56,7 +56,8 @@ _BOOT = (
     "import json, os, sys\n"
     "sys.path[:] = json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PATH'))\n"
     "from pycontain.engine.zygote import serve\n"
-    "serve(int(sys.argv[1]), json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PRELOAD')))\n"
+    "serve(int(sys.argv[1]), json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PRELOAD')),\n"
+    "      os.environ.pop('PYCONTAIN_ZYGOTE_CLEANUP', '') or None)\n"
 )
 
 
@@ -77,15 +78,56 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 # -- the zygote process ------------------------------------------------------------------
 
 
-def serve(fd: int, preload: Iterable[str] = ()) -> None:  # pragma: no cover - runs in the helper
+def serve(fd: int, preload: Iterable[str] = (), cleanup: str | None = None) -> None:  # pragma: no cover
     """Main loop of the zygote process (started by :class:`Zygote`)."""
+    caller = os.getppid()
     try:
-        _serve(fd, preload)
+        watched, caller_gone = _serve(fd, preload)
+        _wind_down(watched, caller if caller_gone else None, cleanup)
     finally:
-        os._exit(0)  # children die with us (pdeathsig); nothing printed on the caller's stderr
+        os._exit(0)  # what is left dies with us (pdeathsig); nothing printed on the caller's stderr
 
 
-def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs in the helper
+def _wind_down(watched: dict[int, bool], dead_caller: int | None, cleanup: str | None) -> None:  # pragma: no cover
+    """Our children that die with their creator die now, and are reaped. If
+    the caller died (it did not say goodbye: killed, crashed), ``cleanup``
+    ("module:function", named by the caller) runs once it is gone: what its
+    containers left behind (cgroups, writable layers, state) goes now, not
+    at the next container start on this host."""
+    import importlib
+    import time
+
+    from pycontain.kernel import proc
+
+    for pid, dies in watched.items():
+        if dies:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    for pid, dies in watched.items():
+        if dies:
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    if dead_caller is None or not cleanup:
+        return
+    # Its parent reaps it in a moment; until then it counts as alive.
+    deadline = time.monotonic() + 3
+    while proc.process_exists(dead_caller) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    module, _, name = cleanup.partition(":")
+    try:
+        getattr(importlib.import_module(module), name)()
+    except BaseException:
+        pass  # best effort: the next container start collects what is left
+
+
+def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # pragma: no cover - in the helper
+    """Serve requests until the caller says goodbye (returns False) or is gone
+    (True); returns the children still running, and whether each dies with
+    the caller (its spec's pdeathsig)."""
     import importlib
 
     import cloudpickle
@@ -101,6 +143,7 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is not ours
     me = os.getpid()
+    watched: dict[int, bool] = {}
 
     def reply(msg: tuple[Any, ...]) -> None:
         sock.sendall(_frame(pickle.dumps(msg)))
@@ -113,8 +156,17 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 return
             if not pid:
                 return
+            watched.pop(pid, None)
             reply(("exit", pid, status))
 
+    try:
+        return watched, _loop(sock, fd, wake_r, wake_w, me, watched, reply, reap, importlib, cloudpickle)
+    except OSError:  # a reply to a caller that is gone
+        return watched, True
+
+
+def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watched: dict[int, bool],
+          reply: Any, reap: Any, importlib: Any, cloudpickle: Any) -> bool:  # pragma: no cover - in the helper
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
@@ -129,11 +181,11 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
         try:
             head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
             if not head:
-                break
+                return True  # EOF without a goodbye: the caller is gone
             head += _recv_exact(sock, _HEADER - len(head))
             payload = _recv_exact(sock, int.from_bytes(head, "big"))
         except (EOFError, ConnectionError):
-            break
+            return True
         try:
             req_id, spec, env, targets = cloudpickle.loads(payload)
         except Exception as e:
@@ -141,6 +193,8 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 os.close(f)
             reply(("error", None, PycontainError(f"bad request to the zygote: {e!r}", op="zygote")))
             continue
+        if spec == "bye":
+            return False
         if spec == "import":
             # Modules to keep loaded from now on, so later children have them.
             failed = []
@@ -184,6 +238,7 @@ def _serve(fd: int, preload: Iterable[str]) -> None:  # pragma: no cover - runs 
                 os._exit(_child.SETUP_FAILED)
         for f in fds:
             os.close(f)
+        watched[pid] = bool(spec.pdeathsig)
         reply(("pid", req_id, pid))
         reap()
 
@@ -214,17 +269,26 @@ class Zygote:
     Args:
         preload: modules the zygote imports once, so ``target`` children
             start with them loaded (e.g. ``("numpy", "pandas")``).
+        cleanup: ``"module:function"`` the zygote calls if the caller dies
+            without closing it (killed, crashed), once the caller is gone
+            and its children that die with it are reaped; containers use
+            ``"pycontain.container_gc:collect"``, so what they left behind
+            goes at once.
 
     It is a context manager; :meth:`close` stops it (and its children).
     """
 
-    def __init__(self, preload: Iterable[str] = ()) -> None:
+    def __init__(self, preload: Iterable[str] = (), cleanup: str | None = None) -> None:
         from pycontain.engine.process import start
 
+        if cleanup is not None and (not isinstance(cleanup, str) or ":" not in cleanup):
+            raise InvalidArgument("cleanup is 'module:function'", field="cleanup", value=cleanup,
+                                  hint='e.g. "pycontain.container_gc:collect"')
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env["PYCONTAIN_ZYGOTE_PATH"] = json.dumps([p for p in sys.path if isinstance(p, str)])
         env["PYCONTAIN_ZYGOTE_PRELOAD"] = json.dumps(list(preload))
+        env["PYCONTAIN_ZYGOTE_CLEANUP"] = cleanup or ""
         try:
             # No pdeathsig: it would fire when the creating *thread* ends; the
             # zygote ends when this socket closes instead (also on our death).
@@ -396,6 +460,14 @@ class Zygote:
         if self._closed:
             return
         self._closed = True
+        if os.getpid() == self._owner and not self._dead:
+            # A goodbye: without it (the caller killed or crashed) the zygote
+            # also runs its ``cleanup`` once the caller is gone.
+            try:
+                with self._send_lock:
+                    self._sock.sendall(_frame(pickle.dumps((0, "bye", None, None))))
+            except OSError:
+                pass
         self._sock.close()
         if os.getpid() == self._owner:  # only the creator can reap the helper
             self._helper.wait()
@@ -433,11 +505,11 @@ _shared: Zygote | None = None
 _shared_lock = threading.Lock()
 
 
-def shared_zygote(preload: Iterable[str] = ()) -> Zygote:
+def shared_zygote(preload: Iterable[str] = (), cleanup: str | None = None) -> Zygote:
     """The process-wide :class:`Zygote`, started on first use (and again if it died).
 
-    ``preload`` counts only when this call starts it. It is closed at
-    interpreter exit.
+    ``preload`` and ``cleanup`` count only when this call starts it. It is
+    closed at interpreter exit.
 
     Example::
 
@@ -448,6 +520,6 @@ def shared_zygote(preload: Iterable[str] = ()) -> Zygote:
         if _shared is None or _shared._closed or _shared._dead or _shared._owner != os.getpid():
             import atexit
 
-            _shared = Zygote(preload)
+            _shared = Zygote(preload, cleanup)
             atexit.register(_shared.close)
         return _shared

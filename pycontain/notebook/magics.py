@@ -149,23 +149,9 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
                 os.close(fd)
         view.start()
 
-        def on_event(kind: str, payload: Any) -> None:
-            if kind == "display":
-                from IPython.display import publish_display_data
+        on_event = _event_sink(outcome)
 
-                publish_display_data(payload["data"], payload["metadata"])
-            elif kind == "clear":
-                from IPython.display import clear_output
-
-                clear_output(wait=payload["wait"])
-            else:
-                outcome[kind] = payload
-
-        def on_tick() -> None:
-            if args.timeout is not None and time.monotonic() - t0 > args.timeout:
-                outcome.setdefault("timeout", args.timeout)
-                container.kill()
-            view.tick()
+        on_tick = _ticker(args, t0, container, view, outcome)
 
         try:
             CellEvents(stdout_r, stderr_r, event_r).pump(_writer(sys.stdout), _writer(sys.stderr), on_event, on_tick,
@@ -201,6 +187,34 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _event_sink(outcome: dict[str, Any]) -> Any:
+    """The cell's events: displays and clears go to the notebook, the rest into ``outcome``."""
+    def on_event(kind: str, payload: Any) -> None:
+        if kind == "display":
+            from IPython.display import publish_display_data
+
+            publish_display_data(payload["data"], payload["metadata"])
+        elif kind == "clear":
+            from IPython.display import clear_output
+
+            clear_output(wait=payload["wait"])
+        else:
+            outcome[kind] = payload
+
+    return on_event
+
+
+def _ticker(args: Any, t0: float, container: Any, view: Any, outcome: dict[str, Any]) -> Any:
+    """Called from the pump loop: the --timeout (kill once), then the live view."""
+    def on_tick() -> None:
+        if args.timeout is not None and time.monotonic() - t0 > args.timeout and "timeout" not in outcome:
+            outcome["timeout"] = args.timeout
+            container.kill()
+        view.tick()
+
+    return on_tick
 
 
 #: --in variables bigger than this (pickled) go by a fork of the kernel,
@@ -258,23 +272,9 @@ def _run_fresh(shell: Any, cell: str, args: Any, blob: bytes, out_names: list[st
         cc.close_requests()
         view.start()
 
-        def on_event(kind: str, payload: Any) -> None:
-            if kind == "display":
-                from IPython.display import publish_display_data
+        on_event = _event_sink(outcome)
 
-                publish_display_data(payload["data"], payload["metadata"])
-            elif kind == "clear":
-                from IPython.display import clear_output
-
-                clear_output(wait=payload["wait"])
-            else:
-                outcome[kind] = payload
-
-        def on_tick() -> None:
-            if args.timeout is not None and time.monotonic() - t0 > args.timeout and "timeout" not in outcome:
-                outcome["timeout"] = args.timeout
-                container.kill()
-            view.tick()
+        on_tick = _ticker(args, t0, container, view, outcome)
 
         def finished() -> bool:
             return "done" in outcome or container.status != "running"
@@ -386,14 +386,7 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
     # cell server not yet in the cell would drop the press).
     check_stop()
     send_request(p.request_w, cell, blob, out_names)
-
-    def on_event(kind: str, payload: Any) -> None:
-        if kind == "display":
-            from IPython.display import publish_display_data
-
-            publish_display_data(payload["data"], payload["metadata"])
-        else:
-            outcome[kind] = payload
+    on_event = _event_sink(outcome)
 
     interrupted_at: list[float] = []
 

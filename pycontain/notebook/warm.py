@@ -55,13 +55,15 @@ _preloaded: set[str] = set()
 def cell_zygote() -> Any:
     """The kernel's cell zygote, started on first use (and again if it died)."""
     global _zygote
-    from pycontain.container import _ZYGOTE_PRELOAD
+    from pycontain.container import _ZYGOTE_PRELOAD, ZYGOTE_CLEANUP
     from pycontain.engine import Zygote
 
     with _zygote_lock:
         z = _zygote
         if z is None or z._closed or z._dead or z._owner != os.getpid():
-            z = _zygote = Zygote(preload=(*_PRELOAD, *_ZYGOTE_PRELOAD))
+            # A kernel that is killed (nbval, a crashed kernel) leaves its
+            # waiting containers behind: the zygote collects them then.
+            z = _zygote = Zygote(preload=(*_PRELOAD, *_ZYGOTE_PRELOAD), cleanup=ZYGOTE_CLEANUP)
             _preloaded.clear()
         return z
 

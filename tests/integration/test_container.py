@@ -230,10 +230,12 @@ def test_dies_with_its_creator() -> None:
     while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}")
-    df = pycontain.containers()
-    assert bool(df[df.name == "child-of-doomed"].iloc[0].orphan)
-    removed = pycontain.container.cleanup_orphans()
-    assert "child-of-doomed" in removed
+    # Its zygote collects what it left once the creator is gone (it did not
+    # close the zygote); cleanup_orphans() finds whatever is still there.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not pycontain.containers().empty:
+        time.sleep(0.05)
+    pycontain.container.cleanup_orphans()
     assert pycontain.containers().empty
 
 

@@ -24,6 +24,7 @@ aborts requests that reach it shortly after an error, a race of its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import queue
@@ -123,9 +124,12 @@ def results(msgs: list[dict[str, Any]]) -> list[str]:
     return [m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"]
 
 
-@pytest.fixture
-def kernel(_private_state: str) -> Iterator[Kernel]:
-    """A real ipykernel with pycontain loaded; it inherits this test's private state dir."""
+@contextlib.contextmanager
+def open_kernel() -> Iterator[Kernel]:
+    """A real ipykernel with pycontain loaded, shut down (not killed) at the end.
+
+    It inherits the environment, so a test's private state dir too.
+    """
     # Its own ZMQ context, terminated at the end: the global one would keep
     # an epoll fd and a socket pair open in this process (the leak check).
     context = zmq.Context()
@@ -138,16 +142,22 @@ def kernel(_private_state: str) -> Iterator[Kernel]:
         k = Kernel(km, kc)
         reply, _ = k.run("%load_ext pycontain")
         assert reply["status"] == "ok", reply
-        # No container waiting for the next cell (pycontain.notebook.warm):
-        # after a stop, nothing at all may be left (test_magic_warm.py covers the pool).
-        reply, _ = k.run("%container warm off")
-        assert reply["status"] == "ok", reply
         yield k
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
         context.term()
         _close_event_loop()
+
+
+@pytest.fixture
+def kernel(_private_state: str) -> Iterator[Kernel]:
+    """A kernel with no container waiting for the next cell (pycontain.notebook.warm):
+    after a stop, nothing at all may be left (test_magic_warm.py covers the pool)."""
+    with open_kernel() as k:
+        reply, _ = k.run("%container warm off")
+        assert reply["status"] == "ok", reply
+        yield k
 
 
 def _close_event_loop() -> None:

@@ -8,30 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.test_magic_interrupt import Kernel, _close_event_loop, results, stdout
+from tests.integration.test_magic_interrupt import Kernel, open_kernel, results, stdout
 
 
 @pytest.fixture
 def kernel(_private_state: str) -> Iterator[Kernel]:
-    import zmq
-    from jupyter_client.manager import KernelManager
-
-    context = zmq.Context()
-    km = KernelManager(kernel_name="python3", context=context)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        k = Kernel(km, kc)
-        reply, _ = k.run("%load_ext pycontain")
-        assert reply["status"] == "ok", reply
+    with open_kernel() as k:
         yield k
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        context.term()
-        _close_event_loop()
 
 
 def _containers() -> list[dict]:
@@ -114,36 +97,12 @@ def test_warm_off_and_kernel_exit_leave_nothing(kernel: Kernel, _private_state: 
 
 
 def test_kernel_shutdown_removes_the_waiting_container(_private_state: str) -> None:
-    import zmq
-    from jupyter_client.manager import KernelManager
-
     from pycontain.statedir import state_dir
 
-    context = zmq.Context()
-    km = KernelManager(kernel_name="python3", context=context)
-    km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
-        k = Kernel(km, kc)
-        k.run("%load_ext pycontain")
+    with open_kernel() as k:
         assert _cell(k, "print(1)") == "1\n"
         _settled(2)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-        context.term()
-        _close_event_loop()
+    # ipykernel's shutdown SIGTERMs its process group and waits for it to be
+    # empty; our atexit then removes the waiting containers.
     assert _containers() == []
     assert not os.listdir(state_dir() / "containers") if (state_dir() / "containers").exists() else True
-
-
-def test_big_inputs_go_by_a_fork_of_the_kernel(kernel: Kernel) -> None:
-    # Above _FRESH_MAX_INPUT_BYTES the pickled --in variables are handed to a
-    # fork of the kernel instead of being copied through the waiting container's pipe.
-    reply, _ = kernel.run("big = bytes(range(256)) * (10 << 12)  # 10 MiB")
-    assert reply["status"] == "ok", reply
-    out = _cell(kernel, "import os\nprint(len(big), big[:3] == bytes([0, 1, 2]), os.getppid() == 1)",
-                options="--quiet --no-monitor --in big")
-    assert out.split() == [str(10 << 20), "True", "True"]
