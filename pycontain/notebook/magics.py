@@ -172,13 +172,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     container.remove(force=True)
     if args.stats:
         shell.user_ns[args.stats] = view.frame()
-    if "outputs" in outcome:
-        import cloudpickle
-
-        values = cloudpickle.loads(outcome["outputs"]["values"])
-        shell.user_ns.update(values)
-        if outcome["outputs"]["failed"]:
-            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    _take_outputs(shell, outcome)
     line = _summary(code, wall, usage, outcome)
     if line and (not args.quiet or code != 0):
         print(line, file=sys.stderr if code else sys.stdout)
@@ -187,6 +181,16 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
         raise RemoteCellError(err["ename"], err["evalue"], err["traceback"])
     if outcome.get("interrupted"):
         raise KeyboardInterrupt
+
+
+def _take_outputs(shell: Any, outcome: dict[str, Any]) -> None:
+    """The --out variables into the notebook; what could not come back is named."""
+    if "outputs" in outcome:
+        import cloudpickle
+
+        shell.user_ns.update(cloudpickle.loads(outcome["outputs"]["values"]))
+        if outcome["outputs"]["failed"]:
+            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
 
 
 def _event_sink(outcome: dict[str, Any]) -> Any:
@@ -301,12 +305,7 @@ def _run_fresh(shell: Any, cell: str, args: Any, blob: bytes, out_names: list[st
     pool.refill(options, zygote, finished=cc)
     if args.stats:
         shell.user_ns[args.stats] = view.frame()
-    if "outputs" in outcome:
-        import cloudpickle
-
-        shell.user_ns.update(cloudpickle.loads(outcome["outputs"]["values"]))
-        if outcome["outputs"]["failed"]:
-            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    _take_outputs(shell, outcome)
     line = _summary(code, wall, usage, outcome)
     if line and (not args.quiet or code != 0):
         print(line, file=sys.stderr if code else sys.stdout)
@@ -420,12 +419,7 @@ def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any]
         code = container.wait()
         persistent.pop(args.name, None)
         p.remove()
-    if "outputs" in outcome:
-        import cloudpickle
-
-        shell.user_ns.update(cloudpickle.loads(outcome["outputs"]["values"]))
-        if outcome["outputs"]["failed"]:
-            print(format_failed(outcome["outputs"]["failed"], "out"), file=sys.stderr)
+    _take_outputs(shell, outcome)
     line = _summary(code, wall, usage, outcome)
     if line and (not args.quiet or code != 0):
         print(line.replace("container:", f"container {args.name}:", 1), file=sys.stderr if code else sys.stdout)
