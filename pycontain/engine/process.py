@@ -66,7 +66,8 @@ def _pipe() -> tuple[int, int]:
     return out[0], out[1]
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
+    """Whether ``fd`` is an open file descriptor of this process."""
     try:
         os.fstat(fd)
         return True
@@ -346,7 +347,7 @@ def start(spec: ChildSpec, *, zygote: Any = None, meanwhile: Callable[[int], Non
     for name, fds in (("stdin", [spec.stdin]), ("stdout", [spec.stdout]), ("stderr", [spec.stderr]),
                       ("pass_fds", list(spec.pass_fds))):
         for fd in fds:
-            if fd is not None and not _is_open(fd):
+            if fd is not None and not is_open(fd):
                 raise InvalidArgument("not an open file descriptor", field=name, value=fd)
     if _ORPHANS:
         _reap_orphans()

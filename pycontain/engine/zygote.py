@@ -44,6 +44,7 @@ from typing import Any
 
 from pycontain.engine import child as _child
 from pycontain.engine import forker
+from pycontain.engine.process import is_open
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 
@@ -336,7 +337,7 @@ class Zygote:
         for i, src in enumerate((spec.stdin, spec.stdout, spec.stderr)):
             if src is not None:
                 add(src)
-            elif _is_open(i):
+            elif is_open(i):
                 add(i)  # "inherit" means the caller's stdio, not the zygote's
         for fd in spec.pass_fds:
             add(fd)
@@ -491,14 +492,6 @@ def _own_process_group() -> None:  # pragma: no cover - runs in the zygote befor
     Its children join the caller's group again: for them the group's signals
     (a terminal's Ctrl-C and job control, the notebook's stop button) are right."""
     os.setpgid(0, 0)
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
 
 
 _shared: Zygote | None = None
