@@ -87,7 +87,7 @@ class ContainerMagics(Magics):
             c = self.persistent.pop(name, None)
             if c is None:
                 raise UsageError(f"no persistent container named {name!r} in this kernel")
-            c.remove(force=True)
+            c.remove()
             print(f"stopped {name}")
             return None
         if rest in ([], ["ls"]):
@@ -316,52 +316,16 @@ def _run_fresh(shell: Any, cell: str, args: Any, blob: bytes, out_names: list[st
         raise KeyboardInterrupt
 
 
-class _Persistent:
-    """A named container whose Python state lives on across cells."""
-
-    def __init__(self, container: Any, request_w: int, event_r: int, stdout_r: int, stderr_r: int) -> None:
-        self.container = container
-        self.request_w = request_w
-        self.events = CellEvents(stdout_r, stderr_r, event_r)
-        self.fds = (request_w, event_r, stdout_r, stderr_r)
-
-    def remove(self, force: bool = True) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.container.remove(force=True)
-
-
-def _start_persistent(args: Any) -> _Persistent:
-    from pycontain.container import Container
-    from pycontain.notebook.cell import cell_server
+def _start_persistent(args: Any) -> Any:
+    """The named container of ``--name``: a cell server forked from the kernel,
+    whose namespace lives on across cells (a :class:`~pycontain.notebook.warm.CellContainer`)."""
+    from pycontain.notebook.warm import start_cell_container
 
     try:
-        container = Container(image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
-                              network=args.net, name=args.name)
-    except PycontainError as e:
-        _explain_start_failure(e)
-        raise
-    req_r, req_w = os.pipe()
-    ev_r, ev_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    for fd in (req_w, ev_r, out_r, err_r):
-        os.set_inheritable(fd, False)
-    try:
-        container.start_python(cell_server, (req_r, ev_w), stdout=out_w, stderr=err_w, pass_fds=(req_r, ev_w))
+        return start_cell_container({**_cell_options(args), "name": args.name}, from_caller=True)
     except BaseException as e:
-        for fd in (req_w, ev_r, out_r, err_r):
-            os.close(fd)
-        container.remove(force=True)
         _explain_start_failure(e)
         raise
-    finally:
-        for fd in (req_r, ev_w, out_w, err_w):
-            os.close(fd)
-    return _Persistent(container, req_w, ev_r, out_r, err_r)
 
 
 def _run_persistent(shell: Any, cell: str, args: Any, persistent: dict[str, Any], blob: bytes,

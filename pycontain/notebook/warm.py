@@ -137,9 +137,11 @@ class CellContainer:
         self.container.remove(force=True)
 
 
-def start_cell_container(options: dict[str, Any], zygote: Any | None = None) -> CellContainer:
+def start_cell_container(options: dict[str, Any], zygote: Any | None = None, *,
+                         from_caller: bool = False) -> CellContainer:
     """Start a container (``Container(**options)``) running a cell server
-    forked from ``zygote`` (default: :func:`cell_zygote`)."""
+    forked from ``zygote`` (default: :func:`cell_zygote`), or from the
+    caller itself with ``from_caller=True`` (``%%container --name``)."""
     from pycontain.container import Container
     from pycontain.notebook.cell import cell_server
 
@@ -150,7 +152,8 @@ def start_cell_container(options: dict[str, Any], zygote: Any | None = None) -> 
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         container.start_python(cell_server, (req_r, ev_w), stdout=out_w, stderr=err_w,
-                               pass_fds=(req_r, ev_w), zygote=zygote or cell_zygote())
+                               pass_fds=(req_r, ev_w),
+                               zygote=None if from_caller else (zygote or cell_zygote()))
     except BaseException:
         for fd in (req_w, ev_r, out_r, err_r):
             os.close(fd)
