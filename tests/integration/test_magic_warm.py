@@ -106,3 +106,13 @@ def test_kernel_shutdown_removes_the_waiting_container(_private_state: str) -> N
     # empty; our atexit then removes the waiting containers.
     assert _containers() == []
     assert not os.listdir(state_dir() / "containers") if (state_dir() / "containers").exists() else True
+
+
+def test_big_inputs_go_by_a_fork_of_the_kernel(kernel: Kernel) -> None:
+    # Above _FRESH_MAX_INPUT_BYTES the pickled --in variables are handed to a
+    # fork of the kernel instead of being copied through the waiting container's pipe.
+    reply, _ = kernel.run("big = bytes(range(256)) * (10 << 12)  # 10 MiB")
+    assert reply["status"] == "ok", reply
+    out = _cell(kernel, "import os\nprint(len(big), big[:3] == bytes([0, 1, 2]), os.getppid() == 1)",
+                options="--quiet --no-monitor --in big")
+    assert out.split() == [str(10 << 20), "True", "True"]
