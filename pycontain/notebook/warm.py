@@ -50,6 +50,7 @@ _KERNEL_MACHINERY = frozenset({
 _zygote: Any = None
 _zygote_lock = threading.Lock()
 _preloaded: set[str] = set()
+_last_scan: tuple[Any, int] | None = None  # (zygote, number of modules) when follow_imports last looked
 
 
 def cell_zygote() -> Any:
@@ -96,8 +97,14 @@ def follow_imports(zygote: Any, modules: dict[str, Any] | None = None) -> list[s
     Returns the names sent. Packages that fail to import there are
     remembered and not tried again.
     """
+    global _last_scan
     modules = sys.modules if modules is None else modules
-    wanted = sorted({name.partition(".")[0] for name, mod in list(modules.items())
+    # Most cells import nothing new: then the scan (a thousand modules, on
+    # every cell's path) is skipped.
+    if _last_scan is not None and _last_scan[0] is zygote and _last_scan[1] == len(modules):
+        return []
+    _last_scan = (zygote, len(modules))
+    wanted = sorted({name for name, mod in list(modules.items())
                      if mod is not None and "." not in name and not name.startswith("_")
                      and name not in _KERNEL_MACHINERY and _site_packages(mod)} - _preloaded)
     if not wanted:
