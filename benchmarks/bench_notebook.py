@@ -45,7 +45,13 @@ import threading
 import time
 from typing import Any
 
-from benchmarks.bench_pycontain import NOT_YET, _busybox_image, _has, _Kernel, _pycontain_env
+from benchmarks.bench_pycontain import (
+    NOT_YET,
+    RunningContainer,
+    _has,
+    _Kernel,
+    _pycontain_env,
+)
 from benchmarks.measure import Case, skipped
 from benchmarks.peers import Workspace
 
@@ -269,19 +275,9 @@ def _cell_podman_refs(small: _Kernel, small_setup: Any) -> list[Case]:
 
 
 def _sampler_cases(ws: Workspace) -> list[Case]:
-    from pycontain import Container
-
     window = 2.0 if ws.quick else 3.0
-    holder: dict[str, Any] = {}
-
-    def setup() -> None:
-        if "c" not in holder:
-            holder["c"] = Container(image=_busybox_image(ws), command=["sleep", "3600"]).start()
-
-    def teardown() -> None:
-        c = holder.pop("c", None)
-        if c is not None:
-            c.remove(force=True)
+    running = RunningContainer(ws)
+    setup, teardown = running.setup, running.teardown
 
     def idle() -> dict[str, float]:
         t0, c0 = time.monotonic(), time.process_time()
@@ -290,7 +286,7 @@ def _sampler_cases(ws: Workspace) -> list[Case]:
 
     def monitored() -> dict[str, float]:
         before = set(threading.enumerate())
-        mon = holder["c"].monitor(interval=SAMPLER_INTERVAL_S)  # its first sample is taken here, untimed
+        mon = running.c.monitor(interval=SAMPLER_INTERVAL_S)  # its first sample is taken here, untimed
         try:
             new = [t for t in threading.enumerate() if t not in before and t.name == "pycontain-monitor"]
             if len(new) != 1 or new[0].ident is None:
@@ -309,7 +305,6 @@ def _sampler_cases(ws: Workspace) -> list[Case]:
         return {"value": 100.0 * (c1 - c0) / wall, "sampler_thread_percent": 100.0 * (th1 - th0) / wall,
                 "samples_per_s": (n1 - n0) / wall}
 
-    ws.on_close(teardown)
     return [
         Case("no monitor", "sampler", run=idle, setup=setup, teardown=teardown, unit=SAMPLER_UNIT, warmup=0,
              repeat=10, note=f"reference: the process sleeps {window:g} s beside a running container"),

@@ -162,27 +162,36 @@ def _cli_start(ws: Workspace, group: str) -> Case:
                 note=f"`pycontain run --rm busybox /bin/true` ({how}: {command}); 5 namespaces, cgroup")
 
 
-def _exec_case(ws: Workspace) -> Case:
-    from pycontain import Container
+class RunningContainer:
+    """A busybox container running ``sleep``, started by the first ``setup()``
+    and removed by ``teardown()`` (and when the workspace closes)."""
 
-    holder: dict[str, Any] = {}
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.c: Any = None
+        ws.on_close(self.teardown)
 
-    def setup() -> None:
-        if "c" not in holder:
-            holder["c"] = Container(image=_busybox_image(ws), command=["sleep", "3600"]).start()
+    def setup(self) -> None:
+        if self.c is None:
+            from pycontain import Container
 
-    def teardown() -> None:
-        c = holder.pop("c", None)
+            self.c = Container(image=_busybox_image(self.ws), command=["sleep", "3600"]).start()
+
+    def teardown(self) -> None:
+        c, self.c = self.c, None
         if c is not None:
             c.remove(force=True)
 
+
+def _exec_case(ws: Workspace) -> Case:
+    running = RunningContainer(ws)
+
     def run() -> None:
-        status = holder["c"].exec(["/bin/true"])
+        status = running.c.exec(["/bin/true"])
         if status != 0:
             raise RuntimeError(f"exec /bin/true exited {status}")
 
-    ws.on_close(teardown)
-    return Case("pycontain", "exec", run=run, setup=setup, teardown=teardown, warmup=2,
+    return Case("pycontain", "exec", run=run, setup=running.setup, teardown=running.teardown, warmup=2,
                 note="Container.exec(['/bin/true']) into a running busybox container - in-process")
 
 
