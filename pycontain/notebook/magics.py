@@ -121,9 +121,7 @@ def run_cell(shell: Any, cell: str, args: Any, persistent: dict[str, Any]) -> No
     if not args.snapshot and len(blob or b"") <= _FRESH_MAX_INPUT_BYTES:
         return _run_fresh(shell, cell, args, blob, out_names)
     try:
-        container = Container(
-            image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids, network=args.net,
-        )
+        container = Container(**_cell_options(args))
     except PycontainError as e:
         _explain_start_failure(e)
         raise
