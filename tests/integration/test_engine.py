@@ -208,8 +208,12 @@ def test_pid_namespace_from_a_busy_multithreaded_caller() -> None:
     def other() -> None:
         while not stop.is_set():
             c = start(ChildSpec(argv=["sh", "-c", "echo $$ > /dev/null"]))
-            seen.append(os.readlink(f"/proc/{c.pid}/ns/pid") if os.path.exists(f"/proc/{c.pid}") else "gone")
-            c.wait()
+            try:
+                seen.append(os.readlink(f"/proc/{c.pid}/ns/pid"))
+            except FileNotFoundError:  # it exited first
+                seen.append("gone")
+            finally:
+                c.wait()
 
     t = threading.Thread(target=other)
     t.start()
