@@ -572,7 +572,12 @@ class Container:
         self._status = "exited"
         if self._cgroup is not None and self._cgroup.frozen:
             self._cgroup.thaw()
-        self._save()
+        if self._external or _exit_file_status(self._state_path / "exit") != self._exit_code:
+            # Other processes read the exit from the state's ``exit`` file,
+            # which PID 1 wrote as it left (see _refresh); only a status it
+            # could not write (PID 1 killed) needs recording here. Skipping
+            # the rewrite saves an ext4 create + rename per container.
+            self._save()
 
     def _need_child(self, op: str) -> Child:
         if self._child is None:
@@ -1001,9 +1006,8 @@ class _ExternalProcess:
         return self.returncode
 
     def _read_status(self) -> int:
-        with contextlib.suppress(OSError, ValueError):
-            return int(self.exit_file.read_text().strip())
-        return EXIT_SIGKILL  # no word from init: it was killed
+        code = _exit_file_status(self.exit_file)
+        return EXIT_SIGKILL if code is None else code  # no word from init: it was killed
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1828,10 +1832,19 @@ def get(name: str) -> dict[str, Any]:
 
 
 def _refresh(state: dict[str, Any]) -> dict[str, Any]:
-    """A recorded state brought up to date: a PID 1 that is gone means exited,
-    with the status its init wrote to the ``exit`` file."""
-    if state.get("status") in ("running", "paused") and not _alive(state.get("pid")):
-        state["status"] = "exited"
-        if state.get("exit_code") is None:
-            state["exit_code"] = _ExternalProcess(0, _containers_dir() / str(state.get("name")) / "exit")._read_status()
+    """A recorded state brought up to date: a status in the ``exit`` file
+    (PID 1 writes it as it leaves) or a PID 1 that is gone means exited."""
+    if state.get("status") in ("running", "paused"):
+        code = _exit_file_status(_containers_dir() / str(state.get("name")) / "exit")
+        if code is not None or not _alive(state.get("pid")):
+            state["status"] = "exited"
+            if state.get("exit_code") is None:
+                state["exit_code"] = EXIT_SIGKILL if code is None else code  # no word from init: it was killed
     return state
+
+
+def _exit_file_status(path: Path) -> int | None:
+    """The status PID 1 wrote to its ``exit`` file, or None (not yet, or never: killed)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_bytes().strip())
+    return None

@@ -211,6 +211,30 @@ def test_containers_seen_from_another_process() -> None:
         assert out.split() == ["running", "False"]
 
 
+def test_exit_status_seen_from_another_process() -> None:
+    """The creator does not rewrite the state at exit when PID 1 wrote the
+    ``exit`` file; other processes read it from there (and 137 when PID 1
+    was killed, which the creator records)."""
+    code = textwrap.dedent("""
+        import sys, pycontain
+        from pycontain.container import get
+        st = get(sys.argv[1])
+        print(st["status"], st["exit_code"], pycontain.Container.open(sys.argv[1]).returncode)
+    """)
+
+    def seen(name: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=os.environ,
+                              check=True).stdout.split()
+
+    with Container(command=["sh", "-c", "exit 3"], name="exits-3") as c:
+        assert c.wait(timeout=30) == 3
+        assert seen("exits-3") == ["exited", "3", "3"]
+    with Container(command=["sleep", "30"], name="killed") as c:
+        c.kill(signal.SIGKILL)
+        assert c.wait(timeout=30) == 137
+        assert seen("killed") == ["exited", "137", "137"]
+
+
 def test_dies_with_its_creator() -> None:
     code = textwrap.dedent("""
         import sys, pycontain
