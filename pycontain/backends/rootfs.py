@@ -510,8 +510,21 @@ def _in_user_namespace() -> bool:
 
 
 def _cgroup_mounts() -> list[proc.MountInfo]:
-    return [m for m in proc.mountinfo("self")
-            if m.fstype in ("cgroup", "cgroup2") and _is_under(m.mount_point, "/sys/fs/cgroup")]
+    # Read now, not handed over by the caller: net_cls/net_prio may have been
+    # mounted since (on demand), and a stale list would hide them.
+    return [m for m in proc.mountinfo("self", fstypes=("cgroup", "cgroup2"))
+            if _is_under(m.mount_point, "/sys/fs/cgroup")]
+
+
+def _make_dir(path: str) -> None:
+    """mkdir for a mount point in our fresh cgroup tmpfs: one call, since
+    hierarchies sit right below /sys/fs/cgroup (makedirs for deeper ones)."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, 0o755, exist_ok=True)
 
 
 def _mount_cgroup(r: _Root, mode: str) -> None:
@@ -527,9 +540,10 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
     if not pure_v2:
         r.mount("tmpfs", base, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k")
     membership = {}
-    for line in proc.proc_cgroup("self"):
-        key = "" if line.hierarchy_id == 0 else ",".join(sorted(line.controllers))
-        membership[key] = line.path
+    if mode == "own":  # fresh mounts ("namespace") need no membership
+        for line in proc.proc_cgroup("self"):
+            key = "" if line.hierarchy_id == 0 else ",".join(sorted(line.controllers))
+            membership[key] = line.path
     # The kernel mounts cgroup v1 hierarchies only for the initial user
     # namespace; inside another one only cgroup2 can be shown afresh.
     v1_allowed = mode != "namespace" or not _in_user_namespace()
@@ -538,7 +552,7 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
             continue
         rel = m.mount_point.lstrip("/")
         if m.mount_point != "/sys/fs/cgroup":
-            os.makedirs(r.p(rel), 0o755, exist_ok=True)  # inside our own tmpfs
+            _make_dir(r.p(rel))  # inside our own tmpfs
         if mode == "namespace":
             if m.fstype == "cgroup2":
                 r.mount("cgroup2", rel, "cgroup2", ro)

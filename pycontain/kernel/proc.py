@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from pycontain.errors import NotFound, kernel_error
@@ -91,16 +91,42 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
 
 
 def _read(path: str, op: str = "read") -> str:
+    # os.open/os.read, not open(): no TextIOWrapper, isatty ioctl, seeks and
+    # fstats (5 system calls fewer per file; these run in every container's setup).
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise kernel_error(op, e.errno or errno.EIO, path=path) from None
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def mountinfo(pid: int | str = "self") -> list[MountInfo]:
-    """The mounts seen by process ``pid`` (default: the caller)."""
-    return parse_mountinfo(_read(f"{PROC}/{pid}/mountinfo"))
+def _of_types(text: str, fstypes: Collection[str]) -> str:
+    """The lines of mountinfo ``text`` whose filesystem type is in ``fstypes``."""
+    keep = []
+    for line in text.splitlines():
+        _, sep, right = line.partition(" - ")
+        if sep and right.partition(" ")[0] in fstypes:
+            keep.append(line)
+    return "\n".join(keep)
+
+
+def mountinfo(pid: int | str = "self", fstypes: Collection[str] | None = None) -> list[MountInfo]:
+    """The mounts seen by process ``pid`` (default: the caller); with
+    ``fstypes``, only those of these filesystem types (e.g. ``("cgroup",
+    "cgroup2")``: the other lines are not parsed)."""
+    text = _read(f"{PROC}/{pid}/mountinfo")
+    if fstypes is not None:
+        text = _of_types(text, fstypes)
+    return parse_mountinfo(text)
 
 
 # -- namespaces ---------------------------------------------------------------

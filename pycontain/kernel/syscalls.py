@@ -14,6 +14,7 @@ from __future__ import annotations
 import _socket  # (not socket, ~3 ms): interface_up runs in a container's setup, after the fork
 import ctypes
 import os
+import sys
 from collections.abc import Iterable
 
 from pycontain.errors import InvalidArgument, Unsupported, kernel_error
@@ -46,10 +47,16 @@ _c_syscall = _libc.syscall
 _c_syscall.restype = ctypes.c_long
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def _fs(path: str | os.PathLike[str] | None) -> bytes | None:
     if path is None:
         return None
-    raw = os.fsencode(path)
+    # str.encode directly for the usual str (what os.fsencode does after its
+    # type checks): these wrappers run ~50 times in every container's setup.
+    raw = path.encode(_FS_ENCODING, _FS_ERRORS) if type(path) is str else os.fsencode(path)
     if b"\0" in raw:
         raise InvalidArgument("path contains a NUL byte", field="path", value=path)
     return raw
@@ -120,7 +127,8 @@ def mount(
         flags,
         data.encode() if data is not None else None,
     )
-    _check(ret, "mount", target, detail=f"source={source!s} type={fstype} flags={flags:#x}")
+    if ret == -1:  # the detail is formatted only for the error
+        _check(ret, "mount", target, detail=f"source={source!s} type={fstype} flags={flags:#x}")
 
 
 def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:

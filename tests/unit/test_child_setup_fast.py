@@ -1,0 +1,27 @@
+"""The container child's cheaper paths give the same answers as the general ones."""
+
+from __future__ import annotations
+
+from pycontain.kernel import proc
+
+_MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+    "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+    "40 31 0:37 / /sys/fs/cgroup/sys\\040temd rw,relatime - cgroup cgroup rw,name=systemd\n"
+    "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+    "50 22 0:40 / /mnt/x\\040-\\040cgroup rw - ext4 /dev/sdb rw\n"
+)
+
+
+def test_mountinfo_of_some_types_is_the_filtered_full_parse() -> None:
+    full = proc.parse_mountinfo(_MOUNTINFO)
+    want = [m for m in full if m.fstype in ("cgroup", "cgroup2")]
+    got = proc.parse_mountinfo(proc._of_types(_MOUNTINFO, ("cgroup", "cgroup2")))
+    assert got == want
+    assert [m.mount_point for m in got] == ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/sys temd", "/sys/fs/cgroup/unified"]
+
+
+def test_mountinfo_reads_this_process() -> None:
+    every = proc.mountinfo("self")
+    assert proc.mountinfo("self", fstypes=("proc",)) == [m for m in every if m.fstype == "proc"]
