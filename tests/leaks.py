@@ -7,6 +7,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from pycontain.engine.zygote import SPARE_NAME
+
 
 def _mounts() -> frozenset[tuple[str, str, str]]:
     out = set()
@@ -70,8 +72,10 @@ def _descendants() -> frozenset[tuple[int, str]]:
     stack = list(children.get(me, []))
     while stack:
         pid = stack.pop()
-        out.add((pid, comm.get(pid, "?")))
         stack.extend(children.get(pid, []))
+        if comm.get(pid) == SPARE_NAME:
+            continue  # a zygote's spare child: replaced after each container start, part of its zygote
+        out.add((pid, comm.get(pid, "?")))
     return frozenset(out)
 
 

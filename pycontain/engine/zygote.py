@@ -15,6 +15,16 @@ Protocol over a Unix stream socket (one per caller):
 * zygote -> caller: ``("pid", id, pid)`` or ``("error", id, exc)``, then
   ``("exit", pid, status)`` when the zygote reaped a child.
 
+A child in a new pid namespace (a container's PID 1) is forked *ahead* of
+its request: the zygote keeps one spare child, already forked into a fresh
+pid namespace and waiting on a socket of its own. Such a request
+``(id, "spare", payload, dies)`` carries the spec still pickled; the zygote
+hands payload and fds to the spare without unpickling them, answers with
+the spare's pid at once, and forks the next spare while the child sets
+itself up. The fork (page tables of the zygote, then the child's
+copy-on-write faults: ~2-3 ms here) is thereby off the start's critical
+path, as Android's pre-forked app processes take it off an app's start.
+
 The zygote dies when the caller closes the socket (or dies); its children
 die with it (PR_SET_PDEATHSIG).
 
@@ -27,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -47,6 +58,7 @@ from pycontain.engine import forker
 from pycontain.engine.process import is_open
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
+from pycontain.kernel import syscalls
 
 __all__ = ["Zygote", "shared_zygote"]
 
@@ -60,6 +72,20 @@ _BOOT = (
     "serve(int(sys.argv[1]), json.loads(os.environ.pop('PYCONTAIN_ZYGOTE_PRELOAD')),\n"
     "      os.environ.pop('PYCONTAIN_ZYGOTE_CLEANUP', '') or None)\n"
 )
+
+
+def _fits_spare(spec: ChildSpec) -> bool:
+    """Whether a spare child (forked ahead into a new pid namespace) can become ``spec``."""
+    return spec.pid_by_forker and "pid" in spec.new and "pid" not in dict(spec.join)
+
+
+#: What a spare is forked as: a new pid namespace, and a pidfd of the zygote
+#: for the parent-death check (closed at take-over if the spec has no pdeathsig).
+_SPARE_SHAPE = ChildSpec(argv=["/"], new=frozenset({"pid"}), pdeathsig=signal.SIGKILL)
+
+#: The spare's name in ps (and for the test suite's leak check, which counts
+#: it as part of the zygote); the child takes the zygote's name back at take-over.
+SPARE_NAME = "pycontain-spare"
 
 
 def _frame(data: bytes) -> bytes:
@@ -145,6 +171,7 @@ def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is not ours
     me = os.getpid()
     watched: dict[int, bool] = {}
+    spares = _Spares(me, (fd, wake_r, wake_w), cloudpickle)
 
     def reply(msg: tuple[Any, ...]) -> None:
         sock.sendall(_frame(pickle.dumps(msg)))
@@ -157,17 +184,122 @@ def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # 
                 return
             if not pid:
                 return
+            if spares.reaped(pid):
+                continue  # a spare that was retired (or died): nobody asked for it
             watched.pop(pid, None)
             reply(("exit", pid, status))
 
     try:
-        return watched, _loop(sock, fd, wake_r, wake_w, me, watched, reply, reap, importlib, cloudpickle)
+        spares.make()
+        return watched, _loop(sock, fd, wake_r, wake_w, me, watched, reply, reap, importlib, cloudpickle, spares)
     except OSError:  # a reply to a caller that is gone
         return watched, True
+    finally:
+        spares.retire()
+
+
+class _Spares:  # pragma: no cover - in the helper
+    """The zygote's one spare child (see the module docstring)."""
+
+    def __init__(self, zygote: int, zygote_fds: tuple[int, ...], pickler: Any) -> None:
+        self.zygote = zygote
+        self.zygote_fds = zygote_fds
+        self.pickler = pickler
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.retired: set[int] = set()
+        try:
+            with open("/proc/self/comm") as f:
+                self.name = f.read().strip()
+        except OSError:
+            self.name = "python3"
+
+    def make(self) -> None:
+        """Fork the next spare (if none is waiting). A failure only means the
+        next request forks as usual."""
+        if self.pid is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid, parent_fd = forker.fork(_SPARE_SHAPE)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            try:
+                ours.close()
+                self._wait_and_become(theirs, parent_fd)
+            finally:
+                os._exit(_child.SETUP_FAILED)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+
+    def hand_over(self, payload: bytes, fds: list[int]) -> int | None:
+        """Give the spare its request; returns its pid (None: no spare could take it)."""
+        for _attempt in range(2):
+            self.make()
+            if self.pid is None or self.sock is None:
+                return None
+            pid, sock = self.pid, self.sock
+            self.pid = self.sock = None
+            try:
+                sent = socket.send_fds(sock, [_frame(payload)], fds)
+                if sent < len(payload) + _HEADER:
+                    sock.sendall(_frame(payload)[sent:])
+                return pid
+            except OSError:
+                self.retired.add(pid)  # it died meanwhile: try a fresh one
+            finally:
+                sock.close()
+        return None
+
+    def retire(self) -> None:
+        """Let the waiting spare go (it exits on EOF): new preloads, or the end."""
+        if self.pid is not None and self.sock is not None:
+            self.retired.add(self.pid)
+            self.sock.close()
+        self.pid = self.sock = None
+
+    def reaped(self, pid: int) -> bool:
+        if pid in self.retired:
+            self.retired.discard(pid)
+            return True
+        if pid == self.pid:  # died while waiting
+            if self.sock is not None:
+                self.sock.close()
+            self.pid = self.sock = None
+            return True
+        return False
+
+    def _wait_and_become(self, sock: socket.socket, parent_fd: int | None) -> None:
+        """In the spare: wait for a request, then become it (as a fresh fork would)."""
+        signal.set_wakeup_fd(-1)
+        for f in self.zygote_fds:
+            os.close(f)
+        with contextlib.suppress(Exception):
+            syscalls.set_name(SPARE_NAME)
+        try:
+            head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
+            if not head:
+                os._exit(0)  # retired, or the zygote is gone
+            head += _recv_exact(sock, _HEADER - len(head))
+            payload = _recv_exact(sock, int.from_bytes(head, "big"))
+        except (EOFError, ConnectionError):
+            os._exit(0)
+        sock.close()
+        with contextlib.suppress(Exception):
+            syscalls.set_name(self.name)
+        spec, env, targets = self.pickler.loads(payload)
+        if not spec.pdeathsig and parent_fd is not None:
+            os.close(parent_fd)
+            parent_fd = None
+        _become_child(spec, env, targets, fds, parent_fd, self.zygote, self.pickler)
 
 
 def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watched: dict[int, bool],
-          reply: Any, reap: Any, importlib: Any, cloudpickle: Any) -> bool:  # pragma: no cover - in the helper
+          reply: Any, reap: Any, importlib: Any, cloudpickle: Any,
+          spares: _Spares) -> bool:  # pragma: no cover - in the helper
     while True:
         ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in ready:
@@ -197,7 +329,9 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
         if spec == "bye":
             return False
         if spec == "import":
-            # Modules to keep loaded from now on, so later children have them.
+            # Modules to keep loaded from now on, so later children have them
+            # (and the spare, forked before, makes way for one that has them).
+            spares.retire()
             failed = []
             for name in env:
                 try:
@@ -205,7 +339,25 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
                 except BaseException as e:  # a module may fail in any way: only its name comes back
                     failed.append((name, f"{type(e).__name__}: {e}"))
             reply(("imported", req_id, failed))
+            spares.make()
             continue
+        if spec == "spare":
+            pid = spares.hand_over(env, fds)
+            if pid is not None:
+                for f in fds:
+                    os.close(f)
+                watched[pid] = bool(targets)
+                reply(("pid", req_id, pid))
+                spares.make()  # the next one, while this child sets itself up
+                reap()
+                continue
+            try:  # no spare: fork as for any other request
+                spec, env, targets = cloudpickle.loads(env)
+            except Exception as e:
+                for f in fds:
+                    os.close(f)
+                reply(("error", req_id, PycontainError(f"bad request to the zygote: {e!r}", op="zygote")))
+                continue
         try:
             pid, parent_fd = forker.fork(spec)
         except BaseException as e:
@@ -221,20 +373,8 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
                 os.close(fd)
                 os.close(wake_r)
                 os.close(wake_w)
-                if parent_fd is not None:
-                    # Out of the way of the fd numbers the caller's fds get.
-                    floor = max([*targets["numbers"], *fds, parent_fd, 2]) + 1
-                    parent_fd, old = fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor), parent_fd
-                    os.close(old)
-                channels = _place_fds(fds, targets)
-                try:
-                    # The caller's process group: its terminal's job control and
-                    # its signals (the notebook's stop button) reach us as they
-                    # would a child of the caller.
-                    os.setpgid(0, targets.get("pgid", 0))
-                except OSError:
-                    pass
-                _child.become(spec, channels, parent=me, env=env, pickler=cloudpickle, parent_fd=parent_fd)
+                spares.retire()  # ours to close; the zygote keeps it
+                _become_child(spec, env, targets, fds, parent_fd, me, cloudpickle)
             finally:
                 os._exit(_child.SETUP_FAILED)
         for f in fds:
@@ -242,6 +382,25 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
         watched[pid] = bool(spec.pdeathsig)
         reply(("pid", req_id, pid))
         reap()
+
+
+def _become_child(spec: ChildSpec, env: dict[str, str], targets: dict[str, Any], fds: list[int],
+                  parent_fd: int | None, zygote: int, pickler: Any) -> None:  # pragma: no cover - in the child
+    """A fresh fork (or a spare taking its request) becomes ``spec``'s child."""
+    if parent_fd is not None:
+        # Out of the way of the fd numbers the caller's fds get.
+        floor = max([*targets["numbers"], *fds, parent_fd, 2]) + 1
+        parent_fd, old = fcntl.fcntl(parent_fd, fcntl.F_DUPFD_CLOEXEC, floor), parent_fd
+        os.close(old)
+    channels = _place_fds(fds, targets)
+    try:
+        # The caller's process group: its terminal's job control and
+        # its signals (the notebook's stop button) reach us as they
+        # would a child of the caller.
+        os.setpgid(0, targets.get("pgid", 0))
+    except OSError:
+        pass
+    _child.become(spec, channels, parent=zygote, env=env, pickler=pickler, parent_fd=parent_fd)
 
 
 def _place_fds(fds: list[int], targets: dict[str, Any]) -> _child.Channels:  # pragma: no cover - in the child
@@ -349,7 +508,12 @@ class Zygote:
             self._next_id += 1
             req_id = self._next_id
             try:
-                data = _frame(cloudpickle.dumps((req_id, spec, env, targets)))
+                if _fits_spare(spec):
+                    # Pickled apart: the zygote passes it on to its spare child unread.
+                    data = _frame(pickle.dumps((req_id, "spare", cloudpickle.dumps((spec, env, targets)),
+                                                bool(spec.pdeathsig))))
+                else:
+                    data = _frame(cloudpickle.dumps((req_id, spec, env, targets)))
             except Exception as e:
                 raise InvalidArgument(f"the child's code or arguments cannot be sent to the zygote: {e}",
                                       field="target", value=spec.target,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from pycontain.engine import ChildSpec, Zygote
 from pycontain.engine import start as real_start
+from pycontain.engine.zygote import SPARE_NAME
 from pycontain.errors import KernelError
 from tests.integration import test_engine as engine_tests
 from tests.integration.test_engine import *  # noqa: F403 - the same tests, collected here again
@@ -198,3 +200,105 @@ def test_zygote_has_its_own_process_group_children_join_ours(zygote: Zygote) -> 
     finally:
         child.kill()
         child.wait()
+
+
+# -- the spare child (a child in a new pid namespace, forked ahead of its request) --------------
+
+
+def _spares(zygote: Zygote) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:]
+        if comm == SPARE_NAME and int(rest.split()[1]) == zygote.pid:
+            out.append(int(name))
+    return out
+
+
+def _wait_for_spare(zygote: Zygote, not_pid: int | None = None) -> int:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = [p for p in _spares(zygote) if p != not_pid]
+        if found:
+            assert len(found) == 1
+            return found[0]
+        time.sleep(0.01)
+    raise AssertionError("no spare child")
+
+
+def test_a_new_pid_namespace_child_is_the_spare_and_another_waits(zygote: Zygote) -> None:
+    spare = _wait_for_spare(zygote)
+    assert _ns(spare, "pid") != _ns(os.getpid(), "pid")  # forked into its own pid namespace already
+    child = real_start(ChildSpec(argv=["sleep", "10"], new={"pid", "uts"}), zygote=zygote)
+    try:
+        assert child.pid == spare
+        with open(f"/proc/{child.pid}/comm") as f:
+            assert f.read().strip() == "sleep"
+        next_spare = _wait_for_spare(zygote, not_pid=spare)
+        assert next_spare != child.pid
+    finally:
+        child.kill()
+        assert child.wait() == -signal.SIGKILL
+    # A child without a new pid namespace is forked as before; the spare stays.
+    assert real_start(ChildSpec(argv=["true"], new={"uts"}), zygote=zygote).wait() == 0
+    assert _spares(zygote) == [next_spare]
+
+
+def _ns(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def test_preload_replaces_the_spare(zygote: Zygote) -> None:
+    # A spare forked before a preload lacks the module: it makes way for one that has it.
+    module = "xml.sax.saxutils"
+    spec = ChildSpec(target=_is_loaded, args=(module,), new={"pid"})
+    assert real_start(spec, zygote=zygote).result(10) is False
+    zygote.preload([module])
+    assert real_start(spec, zygote=zygote).result(10) is True
+
+
+def test_a_dead_spare_is_replaced(zygote: Zygote) -> None:
+    spare = _wait_for_spare(zygote)
+    os.kill(spare, signal.SIGKILL)
+    # (A spare killed while its request is on the way dies as a child killed
+    # during its setup would: start() returns, wait() says SIGKILL.)
+    _wait_until_dead(spare)
+    child = real_start(ChildSpec(argv=["true"], new={"pid"}), zygote=zygote)
+    assert child.pid != spare
+    assert child.wait() == 0
+    _wait_for_spare(zygote, not_pid=spare)
+
+
+def _wait_until_dead(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still alive")
+
+
+def test_the_spare_ends_with_its_zygote() -> None:
+    with Zygote() as z:
+        spare = _wait_for_spare(z)
+    _wait_until_dead(spare)
+
+
+def test_the_spare_ends_when_its_zygote_is_killed() -> None:
+    z = Zygote()
+    try:
+        spare = _wait_for_spare(z)
+        os.kill(z.pid, signal.SIGKILL)
+        _wait_until_dead(spare)
+    finally:
+        z.close()
