@@ -22,7 +22,7 @@ import errno
 import os
 from collections.abc import Iterable
 
-from pycontain.errors import InvalidArgument, PermissionDenied, PycontainError
+from pycontain.errors import InvalidArgument, PermissionDenied
 from pycontain.kernel import constants as C
 from pycontain.kernel import syscalls
 
@@ -30,17 +30,13 @@ __all__ = [
     "DOCKER_DEFAULT_CAPS",
     "resolve_capabilities",
     "drop_capabilities",
+    "drop_to_mask",
     "set_no_new_privs",
     "close_fds",
 ]
 
 #: Docker's default capability set (moby oci/caps/defaults.go).
 DOCKER_DEFAULT_CAPS: tuple[str, ...] = C.DOCKER_DEFAULT_CAPS
-
-# The bounding set can hold capabilities newer than our table (the kernel's
-# cap_last_cap); PR_CAPBSET_READ answers EINVAL past the last one.
-_MAX_CAP_PROBE = 64
-
 
 def _canonical(name: object, fieldname: str) -> str:
     if not isinstance(name, str) or not name:
@@ -114,7 +110,18 @@ def drop_capabilities(keep: Iterable[str] = DOCKER_DEFAULT_CAPS, add: Iterable[s
         drop_capabilities(drop=["NET_RAW"])
     """
     names = resolve_capabilities(keep, add, drop)
-    want = syscalls.cap_mask(names)
+    drop_to_mask(syscalls.cap_mask(names))
+    return names
+
+
+def drop_to_mask(want: int) -> None:
+    """:func:`drop_capabilities` for capabilities already resolved, as a bit
+    mask (``syscalls.cap_mask(resolve_capabilities(...))``): what a
+    container's child runs, with the names checked in the caller.
+
+    Raises:
+        PermissionDenied: as :func:`drop_capabilities`.
+    """
     _eff, permitted, _inh = syscalls.capget()
     missing = want & ~permitted
     if missing:
@@ -123,20 +130,10 @@ def drop_capabilities(keep: Iterable[str] = DOCKER_DEFAULT_CAPS, add: Iterable[s
                                errno=errno.EPERM,
                                hint="the caller's own bounding/permitted set lacks them "
                                     "(see CapPrm in /proc/self/status); drop them from the request")
-    for cap in range(_MAX_CAP_PROBE):
-        if want >> cap & 1:
-            continue
-        # Dropping an absent capability succeeds; past cap_last_cap the kernel
-        # answers EINVAL: one prctl per capability, no read first.
-        try:
-            syscalls.capbset_drop(cap)
-        except PycontainError as e:
-            if e.errno == errno.EINVAL:
-                break
-            raise
+    # Bounding set first (needs CAP_SETPCAP, which capset may take away).
+    syscalls.capbset_drop_all_but(want)
     syscalls.ambient_clear_all()
     syscalls.capset(want, want, 0)
-    return names
 
 
 def set_no_new_privs() -> None:

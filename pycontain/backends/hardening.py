@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pycontain.backends import capabilities, seccomp_cache
 from pycontain.errors import InvalidArgument, NotFound, PycontainError, kernel_error
@@ -28,6 +28,12 @@ class Confinement:
     bpf: bytes | None  # the compiled seccomp program, None = unconfined
     workdir: str
     user: str | None
+    #: ``caps`` as a bit mask, computed from them here in the caller (also by
+    #: dataclasses.replace), so the child applies it without the names
+    cap_mask: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cap_mask", syscalls.cap_mask(self.caps))
 
 
 def prepare(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp_spec: str = "default",
@@ -43,8 +49,6 @@ def prepare(cap_add: Iterable[str] = (), cap_drop: Iterable[str] = (), seccomp_s
     if "ALL" in cap_add:
         # Every capability this process holds (a VM's or a container's root
         # may lack some, e.g. CAP_SYS_RESOURCE): asking for more is refused.
-        from pycontain.kernel import syscalls
-
         keep = tuple(syscalls.cap_names(syscalls.capget()[1]))
     if "ALL" in cap_drop:
         keep = ()
@@ -109,7 +113,8 @@ def _switch_user(user: str) -> None:
 def confine(c: Confinement) -> None:
     """In the container's child, after the mounts: drop capabilities, switch
     user, set no_new_privs, install seccomp, enter the working directory."""
-    capabilities.drop_capabilities(keep=c.caps)
+    # Names resolved and checked by prepare(): only the mask is applied here.
+    capabilities.drop_to_mask(c.cap_mask)
     if c.user is not None:
         _switch_user(c.user)
     capabilities.set_no_new_privs()

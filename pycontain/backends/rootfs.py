@@ -282,6 +282,15 @@ def _kernel_dir(root_fd: int, name: str) -> int:
     An image whose /proc is a symlink (or a file) is refused: mounting through
     it would put the kernel filesystem wherever the image points.
     """
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+    resolve = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS
+    try:
+        # Usually a directory: one call. A symlink or a file fails here
+        # (ENOTDIR/ELOOP) and is looked at below, for the message.
+        return syscalls.openat2(root_fd, name, flags, resolve)
+    except PycontainError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
     try:
         st = os.lstat(name, dir_fd=root_fd)
     except FileNotFoundError:
@@ -297,8 +306,7 @@ def _kernel_dir(root_fd: int, name: str) -> int:
                                   hint="a container image must have a real directory there (CVE-2019-19921 style)")
         if not stat.S_ISDIR(st.st_mode):
             raise InvalidArgument(f"the image's /{name} is not a directory", field="rootfs", value="/" + name)
-    return syscalls.openat2(root_fd, name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW,
-                            syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS)
+    return syscalls.openat2(root_fd, name, flags, resolve)
 
 
 def _within(root: str, target: str) -> str | None:
@@ -320,6 +328,14 @@ def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool
     Symlinks in the image are followed *as if the rootfs were /*: a link to
     /etc lands on the container's /etc, never the host's. Returns an O_PATH fd.
     """
+    try:
+        # Usually there already: nothing to create, so only where it lands matters.
+        fd = _open_in_root(root_fd, destination.lstrip("/"))
+    except PycontainError as e:
+        if e.errno != errno.ENOENT:
+            raise
+    else:
+        return _checked_target(root, fd, destination, source_is_dir)
     parts = [p for p in destination.split("/") if p]
     for i in range(len(parts)):
         sub = "/".join(parts[: i + 1])
@@ -350,7 +366,11 @@ def _mount_target(root_fd: int, root: str, destination: str, source_is_dir: bool
             raise kernel_error("mkdir", e.errno or errno.EIO, path=destination) from None
         finally:
             os.close(parent)
-    fd = _open_in_root(root_fd, "/".join(parts))
+    return _checked_target(root, _open_in_root(root_fd, "/".join(parts)), destination, source_is_dir)
+
+
+def _checked_target(root: str, fd: int, destination: str, source_is_dir: bool) -> int:
+    """``fd`` (the resolved ``destination``) if it is a place to mount on; closed and refused if not."""
     try:
         landed = _check_landing(root, fd, destination)
         if landed == "/":
@@ -415,10 +435,11 @@ class _Root:
         self.path = path
         self.fd = fd
         self.anchors: dict[str, int] = {}
+        self.dev = os.fstat(fd).st_dev
 
     def anchor(self, name: str) -> None:
         fd = _open_in_root(self.fd, name, os.O_DIRECTORY)
-        if os.fstat(fd).st_dev == os.fstat(self.fd).st_dev:
+        if os.fstat(fd).st_dev == self.dev:
             os.close(fd)
             raise KernelError(f"/{name} of the new root is not the filesystem just mounted there", op="mount",
                               path="/" + name,
@@ -484,7 +505,9 @@ def _mount_dev(r: _Root, dev_fd: int) -> None:
            "mode=755,size=65536k", what="/dev")
     r.anchor("dev")
     for name in DEVICES:
-        _write_new(r.p(f"dev/{name}"), 0o666)
+        # An empty regular file to bind over (mknod(2) of S_IFREG: one call
+        # instead of open+close, no privilege, EEXIST like O_EXCL).
+        os.mknod(r.p(f"dev/{name}"), stat.S_IFREG | 0o666)
         r.mount(f"/dev/{name}", f"dev/{name}", None, C.MS_BIND)  # the host's node: a trusted source
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
         os.mkdir(r.p(f"dev/{name}"), mode)
@@ -517,8 +540,8 @@ def _cgroup_mounts() -> list[proc.MountInfo]:
 
 
 def _make_dir(path: str) -> None:
-    """mkdir for a mount point in our fresh cgroup tmpfs: one call, since
-    hierarchies sit right below /sys/fs/cgroup (makedirs for deeper ones)."""
+    """A directory to mount on, usually with one mkdir: its parent mostly
+    exists (makedirs for the rest); an existing one is fine."""
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:
@@ -638,13 +661,18 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
     _mount(None, "/", None, C.MS_REC | C.MS_PRIVATE, what="/")
     # 2. The root filesystem, as a mount point of its own.
     if plan.mount_rootfs is not None:
-        os.makedirs(plan.rootfs, 0o755, exist_ok=True)
+        _make_dir(plan.rootfs)
         plan.mount_rootfs(plan.rootfs)
-    root = os.path.realpath(plan.rootfs)
-    if plan.mount_rootfs is None or not _is_mount_point(root):
-        _mount(root, root, None, C.MS_BIND, what=root)
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        # The real path (what realpath() gives, in one readlink): volume
+        # landings are checked against it.
+        root = proc.fd_target(root_fd)
+        if plan.mount_rootfs is None or not _is_mount_root(root_fd, root):
+            _mount(root, root, None, C.MS_BIND, what=root)
+            os.close(root_fd)
+            root_fd = -1
+            root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if plan.nodev:
             syscalls.mount_setattr(root_fd, syscalls.MOUNT_ATTR_NODEV)
         # The image's kernel-filesystem directories are checked before any
@@ -678,7 +706,8 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
         # 6. Swap roots; the old one ends up stacked on "." and is detached.
         os.fchdir(root_fd)
     finally:
-        os.close(root_fd)
+        if root_fd >= 0:
+            os.close(root_fd)
     syscalls.pivot_root(".", ".")
     syscalls.umount2(".", C.MNT_DETACH)
     os.chdir("/")
@@ -698,7 +727,11 @@ def _call_without_path(fn: Callable[[], None]) -> Callable[[str], None]:
     return mount
 
 
-def _is_mount_point(path: str) -> bool:
+def _is_mount_root(fd: int, path: str) -> bool:
+    """Whether ``fd`` (of ``path``) is the root of a mount (the storage driver mounted it)."""
+    answer = syscalls.is_mount_root(fd)
+    if answer is not None:
+        return answer
     if path == "/":
         return True
     return proc.mount_id(path) != proc.mount_id(os.path.dirname(path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _socket  # (not socket, ~3 ms): interface_up runs in a container's setup, after the fork
 import ctypes
+import errno
 import os
 import sys
 from collections.abc import Iterable
@@ -189,6 +190,26 @@ def set_child_subreaper(on: bool = True) -> None:
 def capbset_drop(cap: int) -> None:
     """PR_CAPBSET_DROP: remove ``cap`` from the bounding set (needs CAP_SETPCAP)."""
     prctl(C.PR_CAPBSET_DROP, cap)
+
+
+def capbset_drop_all_but(keep: int) -> None:
+    """Drop every capability not in the mask ``keep`` from the bounding set,
+    up to the kernel's last one (PR_CAPBSET_DROP answers EINVAL past it;
+    dropping an absent one succeeds). One prctl per capability, without the
+    wrappers: it runs in every container's setup.
+
+    Raises:
+        PermissionDenied / KernelError: the kernel refused (no CAP_SETPCAP).
+    """
+    drop = C.PR_CAPBSET_DROP
+    for cap in range(64):
+        if keep >> cap & 1:
+            continue
+        if _c_prctl(drop, cap, 0, 0, 0) == -1:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                return
+            raise kernel_error("prctl", err, detail=f"option=PR_CAPBSET_DROP cap={cap}")
 
 
 def capbset_read(cap: int) -> bool:
@@ -396,6 +417,28 @@ def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool 
     ret = int(_c_syscall(ctypes.c_long(_syscall_number("mount_setattr")), ctypes.c_int(fd), ctypes.c_char_p(b""),
                          ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
     _check(ret, "mount_setattr", detail=f"set={attr_set:#x} clear={attr_clr:#x} recursive={recursive}")
+
+
+# statx(2) -- include/uapi/linux/stat.h
+STATX_ATTR_MOUNT_ROOT = 0x00002000
+_STATX_SIZE = 256  # sizeof(struct statx)
+_STATX_ATTRIBUTES = 8  # offsetof(struct statx, stx_attributes)
+_STATX_ATTRIBUTES_MASK = 56  # offsetof(struct statx, stx_attributes_mask)
+_c_statx = _libc.statx  # glibc 2.28
+_c_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+
+
+def is_mount_root(fd: int) -> bool | None:
+    """Whether the file behind ``fd`` (an O_PATH fd is enough) is the root of
+    a mount: STATX_ATTR_MOUNT_ROOT of statx(2), one call. None when this
+    kernel does not say (before Linux 5.8); then compare mount ids instead
+    (:func:`pycontain.kernel.proc.mount_id`)."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_c_statx(fd, b"", AT_EMPTY_PATH, 0, buf), "statx", detail=f"fd={fd}")
+    raw = buf.raw
+    if not int.from_bytes(raw[_STATX_ATTRIBUTES_MASK:_STATX_ATTRIBUTES_MASK + 8], sys.byteorder) & STATX_ATTR_MOUNT_ROOT:
+        return None
+    return bool(int.from_bytes(raw[_STATX_ATTRIBUTES:_STATX_ATTRIBUTES + 8], sys.byteorder) & STATX_ATTR_MOUNT_ROOT)
 
 
 # open_tree(2) / move_mount(2) -- include/uapi/linux/mount.h

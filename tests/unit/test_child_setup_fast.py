@@ -25,3 +25,35 @@ def test_mountinfo_of_some_types_is_the_filtered_full_parse() -> None:
 def test_mountinfo_reads_this_process() -> None:
     every = proc.mountinfo("self")
     assert proc.mountinfo("self", fstypes=("proc",)) == [m for m in every if m.fstype == "proc"]
+
+
+def test_is_mount_root_says_what_mount_ids_say() -> None:
+    import os
+
+    from pycontain.kernel import syscalls
+
+    for path in ("/", "/proc", "/proc/self", "/etc"):
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            answer = syscalls.is_mount_root(fd)
+        finally:
+            os.close(fd)
+        if answer is None:  # a kernel before 5.8 does not say
+            continue
+        want = path == "/" or proc.mount_id(path) != proc.mount_id(os.path.dirname(path))
+        assert answer is want, path
+
+
+def test_confinement_mask_follows_its_caps() -> None:
+    import dataclasses
+    import pickle
+
+    from pycontain.backends import hardening
+    from pycontain.kernel import syscalls
+    from pycontain.kernel.constants import DOCKER_DEFAULT_CAPS
+
+    c = hardening.Confinement(DOCKER_DEFAULT_CAPS, None, "/", None)
+    assert c.cap_mask == syscalls.cap_mask(DOCKER_DEFAULT_CAPS)
+    assert dataclasses.replace(c, caps=("CAP_CHOWN",)).cap_mask == 1
+    assert dataclasses.replace(c, workdir="/tmp").cap_mask == c.cap_mask
+    assert pickle.loads(pickle.dumps(c)).cap_mask == c.cap_mask
