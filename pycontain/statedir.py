@@ -98,7 +98,9 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so readers never see half a file."""
     # One dumps and one write (json.dump writes chunk by chunk); the
     # directory is made only if the first try says it is missing.
-    text = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+    # No indent: json's C encoder only serves compact output (indented, the
+    # pure-Python one took ~0.35 ms per state file).
+    text = (json.dumps(data, sort_keys=True) + "\n").encode()
     try:
         fd, tmp = _temp_file(str(path.parent), f".{path.name}.")
     except FileNotFoundError:

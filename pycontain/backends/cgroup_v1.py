@@ -236,10 +236,7 @@ class V1Group:
                     self.net_mounts[ctrl] = mount
                     self.dirs[ctrl] = f"{mount}/{self.parent}/{self.name}"
             self._stat_paths()
-            for d in self._unique_dirs():
-                if os.path.isdir(d):
-                    raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
-                                        path=d, hint="pick another name, or remove the old cgroup")
+            # mkdir says whether it exists (EEXIST); what was made before is removed below.
             for d in self._unique_dirs():
                 if not cgroupfs.make_dir_in_parents(d, self._make_parents):
                     raise AlreadyExists("a cgroup with this name exists", field="name", value=self.name,
@@ -250,6 +247,9 @@ class V1Group:
                 # A v1 cpuset child starts with empty cpus/mems and refuses
                 # tasks until both are set (cgroup-v1/cpusets.rst, 1.7).
                 parent = os.path.dirname(cpuset_dir)
+                if not cgroupfs.read(parent + "/cpuset.cpus").strip() or \
+                        not cgroupfs.read(parent + "/cpuset.mems").strip():
+                    self._make_parents(cpuset_dir)  # a parent someone left with empty cpus/mems
                 if limits.cpuset is None:
                     cgroupfs.write(cpuset_dir + "/cpuset.cpus", cgroupfs.read(parent + "/cpuset.cpus").strip())
                 if limits.cpuset_mems is None:

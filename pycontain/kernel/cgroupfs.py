@@ -102,7 +102,7 @@ def layout() -> CgroupLayout:
             text = f.read()
     except OSError:
         text = ""
-    return layout_from(mountinfo(), text)
+    return layout_from(mountinfo(fstypes=("cgroup", "cgroup2")), text)  # only these lines are parsed
 
 
 # -- file access for the cgroup backends -------------------------------------------
@@ -216,6 +216,12 @@ def make_dir_in_parents(path: str, make_parents: Callable[[str], None], attempts
     parent fails with ENODEV, or mkdir with ENOENT, and the parents are
     made again. Once our cgroup exists, its parents cannot be removed.
     """
+    try:
+        # The parents exist almost always: try without looking at them first.
+        return make_dir(path)
+    except PycontainError as e:
+        if e.errno != _errno.ENOENT:
+            raise
     for attempt in range(attempts):
         try:
             make_parents(path)
