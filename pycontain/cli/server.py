@@ -1,0 +1,856 @@
+"""The warm CLI server: ``pycontain run`` without importing pycontain each time.
+
+A fresh interpreter spends ~80 ms importing the container machinery before
+``pycontain run`` can start anything, more than runc takes for the whole
+container. So, as Mercurial's chg and emacsclient do, one long-lived process
+per user (per interpreter and launcher) imports it once and forks a worker
+for each command; the launcher (bin/pycontain) is a thin client that imports
+next to nothing, connects to the server's unix socket, hands over the
+command and waits for its exit status.
+
+Protocol (one unix stream connection per command; every frame is one kind
+byte, the payload length as 8 hex digits, the payload):
+
+* client -> server ``R``: run. Payload: NUL-separated pid, umask (decimal),
+  which of stdin/stdout/stderr follow (e.g. ``012``; a closed one is left
+  out), argc, the arguments, then ``KEY=VALUE`` environment entries. With it,
+  SCM_RIGHTS: the client's cwd (an O_PATH fd), then the present stdio fds.
+* client -> server ``K``: a signal the client received (decimal signum);
+  the server sends it on to the worker.
+* client -> server ``S``: status; ``Q``: stop (answered with ``T`` text).
+* server -> client ``X``: the worker's exit: a code, or ``-N`` when signal N
+  killed it. ``N``: refused (nothing ran; the client runs the command
+  in-process), e.g. when pycontain's source changed since the server started.
+
+Why it is safe: the socket lives in a directory only its uid can enter
+(0700, checked), the server accepts only peers of its own uid
+(SO_PEERCRED) and the client talks only to a server of its own uid; stale
+code never runs (the socket's name hashes the interpreter, the launcher and
+the protocol; the server refuses and exits once a loaded pycontain source
+file changed); it exits after an idle time; ``PYCONTAIN_CLI_SERVER=0``
+turns it all off.
+
+Containers die with their creator: the worker is the creator (it forks the
+container, whose parent-death signal is tied to it). A client that dies
+(EOF on its connection, even after SIGKILL) takes its worker with it
+(SIGKILL), and the server then collects what the worker left (cgroup, state)
+with :func:`pycontain.container_gc.collect`.
+
+Environment: ``PYCONTAIN_CLI_SERVER`` (``0`` = never use nor start one),
+``PYCONTAIN_CLI_SERVER_DIR`` (the socket directory), ``PYCONTAIN_CLI_SERVER_IDLE``
+(seconds without a command before the server exits; default 300).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    import socket
+
+ORDER = 90
+
+#: Bump when the frames change: it is part of the socket's name, so an old
+#: client never talks to a new server (the launcher has the same constant).
+PROTOCOL = "1"
+
+#: Seconds without a command before the server exits.
+DEFAULT_IDLE_S = 300.0
+
+#: What ``pycontain run`` and the container child import: the server imports
+#: them once, before it forks any worker. A name that no longer exists is
+#: skipped (the list is a speed-up, not a contract).
+WARM_MODULES = (
+    "pycontain.cli", "pycontain.cli.containers", "pycontain.container", "pycontain.container_config",
+    "pycontain.container_gc", "pycontain.statedir", "pycontain.units", "pycontain.errors",
+    "pycontain.cgroup", "pycontain.image", "pycontain.engine", "pycontain.engine.child",
+    "pycontain.engine.forker", "pycontain.engine.process", "pycontain.engine.spec",
+    "pycontain.backends.capabilities", "pycontain.backends.seccomp_cache", "pycontain.backends.hardening",
+    "pycontain.backends.cgroup_limits", "pycontain.backends.cgroup_v1", "pycontain.backends.cgroup_v2",
+    "pycontain.backends.storage_store", "pycontain.backends.storage_driver",
+    "pycontain.backends.storage_overlay", "pycontain.backends.rootfs",
+    "pycontain.kernel.syscalls", "pycontain.kernel.proc", "pycontain.kernel.cgroupfs",
+    "pycontain.kernel.nsfs", "pycontain.kernel.fs", "pycontain.kernel.constants",
+    "pickle", "select", "traceback", "tempfile", "random", "hashlib", "json",
+)
+
+HEADER = 9  # kind byte + 8 hex digits of length
+MAX_FRAME = 16 << 20  # a run request: arguments + environment, far below this
+
+
+def enabled(environ: Any = None) -> bool:
+    """False when ``PYCONTAIN_CLI_SERVER`` turns the server off (``0``, ``no``,
+    ``false``, ``off``)."""
+    env = os.environ if environ is None else environ
+    return env.get("PYCONTAIN_CLI_SERVER", "1").strip().lower() not in ("0", "no", "false", "off")
+
+
+def socket_dir(environ: Any = None, euid: int | None = None) -> str | None:
+    """The directory of this user's CLI server sockets: ``$PYCONTAIN_CLI_SERVER_DIR``,
+    else ``/run/pycontain/cli`` (root) or ``$XDG_RUNTIME_DIR/pycontain/cli``;
+    None when a non-root user has no runtime directory (then no server).
+
+    The launcher (bin/pycontain) has the same rule: keep them equal
+    (tests/unit/test_cli_server.py checks).
+    """
+    env = os.environ if environ is None else environ
+    uid = os.geteuid() if euid is None else euid
+    d = env.get("PYCONTAIN_CLI_SERVER_DIR")
+    if d:
+        return str(d)
+    if uid == 0:
+        return "/run/pycontain/cli"
+    x = env.get("XDG_RUNTIME_DIR")
+    return f"{x}/pycontain/cli" if x else None
+
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a, 64 bits: names a socket (not a security boundary: the directory
+    and the peer uid are). The launcher has the same function."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def socket_name(executable: str, launcher: str, launcher_mtime_ns: int, protocol: str = PROTOCOL) -> str:
+    """The socket's file name for this interpreter, launcher (its real path
+    and mtime) and protocol: a different install never reaches this server."""
+    key = "\0".join((protocol, executable, launcher, str(launcher_mtime_ns)))
+    return f"cli-{fnv1a64(key.encode('utf-8', 'surrogateescape')):016x}.sock"
+
+
+def encode_frame(kind: bytes, payload: bytes = b"") -> bytes:
+    """One frame: ``kind`` (one byte), the length in 8 hex digits, ``payload``."""
+    return kind + b"%08x" % len(payload) + payload
+
+
+def parse_header(header: bytes) -> tuple[bytes, int]:
+    """``(kind, payload length)`` of a frame header; ValueError if malformed."""
+    if len(header) != HEADER:
+        raise ValueError(f"short frame header {header!r}")
+    n = int(header[1:], 16)
+    if not 0 <= n <= MAX_FRAME:
+        raise ValueError(f"frame length {n} out of range")
+    return header[:1], n
+
+
+class Request:
+    """A client's run request, decoded (see the module docstring)."""
+
+    def __init__(self, payload: bytes) -> None:
+        fields = payload.split(b"\0")
+        try:
+            self.pid = int(fields[0])
+            self.umask = int(fields[1])
+            self.stdio = tuple(int(c) for c in fields[2].decode())
+            argc = int(fields[3])
+        except (IndexError, ValueError, UnicodeDecodeError):
+            raise ValueError("malformed run request") from None
+        if argc < 0 or len(fields) < 4 + argc or any(i not in (0, 1, 2) for i in self.stdio):
+            raise ValueError("malformed run request")
+        self.argv = [os.fsdecode(a) for a in fields[4:4 + argc]]
+        self.env: dict[bytes, bytes] = {}
+        for entry in fields[4 + argc:]:
+            key, sep, value = entry.partition(b"=")
+            if sep and key:
+                self.env[key] = value
+
+    @staticmethod
+    def encode(pid: int, umask: int, stdio: str, argv: list[str], env: dict[bytes, bytes]) -> bytes:
+        """The payload of a run request (what the launcher sends)."""
+        return b"\0".join([b"%d" % pid, b"%d" % umask, stdio.encode(), b"%d" % len(argv),
+                           *(os.fsencode(a) for a in argv), *(k + b"=" + v for k, v in env.items())])
+
+
+def _peer_uid(conn: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of ``conn`` (SO_PEERCRED)."""
+    import socket
+    import struct
+
+    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    return pid, uid
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        data = conn.recv(min(n, 1 << 20))
+        if not data:
+            raise EOFError("connection closed mid-frame")
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def read_frame(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """The next frame from ``conn``; None at end of file."""
+    first = conn.recv(HEADER)
+    if not first:
+        return None
+    header = first if len(first) == HEADER else first + _recv_exact(conn, HEADER - len(first))
+    kind, n = parse_header(header)
+    return kind, _recv_exact(conn, n) if n else b""
+
+
+def check_dir(path: str) -> None:
+    """Make ``path`` (and parents) if missing, then insist it is a real
+    directory of this uid that nobody else may enter. Raises PermissionError."""
+    import stat
+
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path}: not a directory of uid {os.geteuid()} with mode 0700 "
+                              f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
+
+
+class _Job:
+    """A running worker (or collector) and the client it answers to."""
+
+    def __init__(self, pid: int, pidfd: int, conn: socket.socket | None, env: dict[bytes, bytes]) -> None:
+        self.worker = conn is not None  # else a collector (see Server.collect)
+        self.pid = pid
+        self.pidfd = pidfd
+        self.conn = conn
+        self.env = env
+        self.client_gone = False
+        self.status_fd = -1
+        self.reported = False  # the worker sent its exit code to the client itself
+
+
+class Server:
+    """One user's CLI server on the unix socket ``path`` (see the module docstring).
+
+    Single-threaded: one selector loop over the listening socket, each
+    client's connection (forwarded signals, EOF), each worker's pidfd (its
+    exit) and a signal wake-up socket (SIGTERM/SIGINT/SIGHUP: shut down).
+    """
+
+    def __init__(self, path: str, idle_s: float | None = None) -> None:
+        self.path = os.path.abspath(path)
+        if idle_s is None:
+            try:
+                idle_s = float(os.environ.get("PYCONTAIN_CLI_SERVER_IDLE", DEFAULT_IDLE_S))
+            except ValueError:
+                idle_s = DEFAULT_IDLE_S
+        self.idle_s = max(0.1, idle_s)
+        self.started = time.time()
+        self.served = 0
+        self.jobs: dict[int, _Job] = {}  # by pidfd
+        self.conns: dict[int, _Job] = {}  # by connection fd
+        self.fds: set[int] = set()  # every fd of the server: closed in each worker
+        self.sources: list[tuple[str, int]] = []
+        self.listener: socket.socket | None = None
+        self.lock_fd = -1
+        self.ino = -1
+        self.stopping = False
+        self.stale_reason = ""
+        self.sel: Any = None
+
+    # -- start ----------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Import what a ``pycontain run`` needs, then freeze it out of the
+        cycle collector's view (workers are forks: fewer pages touched)."""
+        import gc
+        import importlib
+
+        gc.set_threshold(50_000, 20, 20)
+        for name in WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # a renamed module: a slower worker, not a broken one
+                continue
+        self.sources = []
+        for name, module in list(sys.modules.items()):
+            if name != "pycontain" and not name.startswith("pycontain."):
+                continue
+            src = getattr(module, "__file__", None)
+            if not src:
+                continue
+            try:
+                self.sources.append((src, os.stat(src).st_mtime_ns))
+            except OSError:
+                continue
+        gc.collect()
+        gc.freeze()
+
+    def stale(self) -> str:
+        """Why the loaded code is no longer what is on disk; "" when it still is."""
+        if self.stale_reason:
+            return self.stale_reason
+        for src, mtime in self.sources:
+            try:
+                now = os.stat(src).st_mtime_ns
+            except OSError:
+                now = -1
+            if now != mtime:
+                self.stale_reason = f"{src} changed since the server started"
+                return self.stale_reason
+        return ""
+
+    def bind(self) -> bool:
+        """Lock, bind and listen; False when another server holds the lock."""
+        import fcntl
+        import socket
+
+        directory = os.path.dirname(self.path)
+        check_dir(directory)
+        self.lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fds.add(self.lock_fd)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        listener.bind(tmp)
+        listener.listen(128)
+        self.ino = os.stat(tmp).st_ino
+        # rename() replaces a stale socket atomically: a client connects to
+        # the old file or this one, never to nothing.
+        os.rename(tmp, self.path)
+        self.listener = listener
+        self.fds.add(listener.fileno())
+        return True
+
+    def owns_path(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.ino
+        except OSError:
+            return False
+
+    def close_listener(self) -> None:
+        """Stop taking clients: unlink our socket, drain the backlog with
+        refusals, release the lock (a new server may start at once)."""
+        if self.listener is None:
+            return
+        if self.sel is not None:
+            self.sel.unregister(self.listener)
+        if self.owns_path():
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        if self.lock_fd >= 0:
+            self.fds.discard(self.lock_fd)
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                break
+            self._refuse(conn, "the CLI server is stopping")
+        self.fds.discard(self.listener.fileno())
+        self.listener.close()
+        self.listener = None
+
+    # -- loop -----------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Run until stopped (SIGTERM, ``pycontain server stop``), idle, replaced
+        or stale; return the exit code."""
+        import selectors
+        import signal
+        import socket
+
+        os.chdir("/")  # pin no directory (a umount elsewhere must not be busy because of us)
+        for fd in (0, 1, 2):
+            # Fds received from clients must land above 2, or a worker's
+            # dup2() onto 0-2 would clobber one with another.
+            try:
+                os.fstat(fd)
+            except OSError:
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+        self.warm_up()
+        if not self.bind():
+            return 0
+        assert self.listener is not None
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self.fds.update((wake_r.fileno(), wake_w.fileno()))
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: None)
+        sel = self.sel = selectors.DefaultSelector()
+        self.fds.add(sel.fileno())
+        sel.register(self.listener, selectors.EVENT_READ, "listen")
+        sel.register(wake_r, selectors.EVENT_READ, "wake")
+        last = time.monotonic()
+        tick = min(5.0, self.idle_s)
+        while True:
+            if self.stopping:
+                self.close_listener()
+            if self.stopping and not self.jobs:
+                return 0
+            for key, _ in sel.select(tick):
+                what = key.data
+                if what == "listen" and self.listener is not None:
+                    try:
+                        conn, _ = self.listener.accept()
+                    except OSError:
+                        continue
+                    last = time.monotonic()
+                    self.accept(conn, sel)
+                elif what == "wake":
+                    try:
+                        while wake_r.recv(64):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.stopping = True
+                elif isinstance(what, _Job):
+                    if key.fd == what.pidfd:
+                        self.reaped(what, sel)
+                    elif key.fd == what.status_fd:
+                        self.read_status(what, sel)
+                    elif what.conn is not None:
+                        self.from_client(what, sel)
+            now = time.monotonic()
+            if self.jobs:
+                last = now
+            elif not self.stopping and (now - last >= self.idle_s or not self.owns_path() or self.stale()):
+                self.stopping = True
+
+    def accept(self, conn: socket.socket, sel: Any) -> None:
+        import selectors
+
+        conn.settimeout(5.0)  # a client sends its request at once; never hang the loop on one
+        try:
+            _pid, uid = _peer_uid(conn)
+            if uid != os.geteuid():
+                self._refuse(conn, f"uid {uid} is not the server's uid {os.geteuid()}")
+                return
+            why = self.stale()
+            if why:
+                # Let a fresh server take over at once (lock and socket path
+                # released first), then send this client to run in-process.
+                self.stopping = True
+                self.close_listener()
+                self._refuse(conn, why)
+                return
+            header, fds = self._recv_fds(conn)
+            kind, n = parse_header(header[:HEADER]) if len(header) >= HEADER else parse_header(
+                header + _recv_exact(conn, HEADER - len(header)))
+            body = header[HEADER:]
+            if len(body) < n:
+                body += _recv_exact(conn, n - len(body))
+        except (OSError, ValueError, EOFError):
+            conn.close()
+            return
+        if kind == b"S":
+            self._reply(conn, b"T", self.status_text().encode())
+            _close_all(fds)
+            return
+        if kind == b"Q":
+            self._reply(conn, b"T", b"stopping\n")
+            _close_all(fds)
+            self.stopping = True
+            return
+        if kind != b"R":
+            _close_all(fds)
+            self._refuse(conn, f"unknown request {kind!r}")
+            return
+        try:
+            request = Request(body)
+            if len(fds) != 1 + len(request.stdio):
+                raise ValueError("wrong number of fds")
+        except ValueError as e:
+            _close_all(fds)
+            self._refuse(conn, str(e))
+            return
+        conn.settimeout(None)
+        self.fds.add(conn.fileno())
+        # The worker tells its exit code to the client itself, and first to
+        # us through this pipe: the client need not wait for the kernel to
+        # tear the worker down (~1.5 ms), and its end of file then is no death.
+        status_r, status_w = os.pipe()
+        self.fds.add(status_r)  # not the worker's (it closes self.fds)
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            _worker(self, request, fds, conn.fileno(), status_w)
+        _close_all([*fds, status_w])
+        self.served += 1
+        pidfd = os.pidfd_open(pid)
+        job = _Job(pid, pidfd, conn, request.env)
+        job.status_fd = status_r
+        os.set_blocking(status_r, False)
+        self.fds.add(pidfd)
+        self.jobs[pidfd] = job
+        self.conns[conn.fileno()] = job
+        conn.setblocking(False)
+        sel.register(pidfd, selectors.EVENT_READ, job)
+        sel.register(conn, selectors.EVENT_READ, job)
+        sel.register(status_r, selectors.EVENT_READ, job)
+
+    def _recv_fds(self, conn: socket.socket) -> tuple[bytes, list[int]]:
+        import socket
+
+        msg, ancdata, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
+        fds: list[int] = []
+        for level, type_, data in ancdata:
+            if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4))
+        if not msg:
+            _close_all(fds)
+            raise EOFError("client left before its request")
+        return msg, fds
+
+    def from_client(self, job: _Job, sel: Any) -> None:
+        """A forwarded signal, or the client's end of file (it died: so does its worker)."""
+        import signal
+
+        assert job.conn is not None
+        try:
+            frame = read_frame(job.conn)
+        except BlockingIOError:
+            return
+        except (OSError, ValueError, EOFError):
+            frame = None
+        if frame is None:
+            sel.unregister(job.conn)
+            self._drop_conn(job)
+            self.read_status(job, sel)
+            if not job.reported:
+                # The client is gone (killed, even by SIGKILL): do to the
+                # worker what happened to the client, so the container dies
+                # with it, as it would with an in-process command.
+                job.client_gone = True
+                _kill(job.pid, signal.SIGKILL)
+            return
+        kind, payload = frame
+        if kind == b"K":
+            try:
+                signum = int(payload)
+            except ValueError:
+                return
+            if 0 < signum < signal.NSIG and signum != signal.SIGKILL:
+                _kill(job.pid, signum)
+
+    def read_status(self, job: _Job, sel: Any) -> None:
+        """The worker's word that it told the client its exit code."""
+        if job.status_fd < 0:
+            return
+        try:
+            data = os.read(job.status_fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            job.reported = True
+        # Data or end of file (the worker, and whatever it forked, closed it):
+        # nothing more will come.
+        sel.unregister(job.status_fd)
+        self.fds.discard(job.status_fd)
+        os.close(job.status_fd)
+        job.status_fd = -1
+
+    def reaped(self, job: _Job, sel: Any) -> None:
+        self.read_status(job, sel)
+        sel.unregister(job.pidfd)
+        try:
+            _, status = os.waitpid(job.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = 1
+        self.fds.discard(job.pidfd)
+        os.close(job.pidfd)
+        del self.jobs[job.pidfd]
+        if job.conn is not None:
+            sel.unregister(job.conn)
+            if not job.reported:
+                job.conn.setblocking(True)
+                job.conn.settimeout(2.0)
+                self._reply(job.conn, b"X", b"%d" % code)
+            self._drop_conn(job)
+        if job.worker and not job.reported and (code < 0 or job.client_gone):
+            # A worker killed half-way leaves its container's cgroup and
+            # state: collect them now rather than at the next start.
+            self.collect(job.env, sel)
+
+    def collect(self, env: dict[bytes, bytes], sel: Any) -> None:
+        import selectors
+
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _close_all(self.fds)
+                os.environb.clear()
+                os.environb.update(env)
+                from pycontain.container_gc import collect
+
+                collect()
+                code = 0
+            finally:
+                os._exit(code)
+        pidfd = os.pidfd_open(pid)
+        job = _Job(pid, pidfd, None, env)
+        self.fds.add(pidfd)
+        self.jobs[pidfd] = job
+        sel.register(pidfd, selectors.EVENT_READ, job)
+
+    def _drop_conn(self, job: _Job) -> None:
+        if job.conn is not None:
+            self.conns.pop(job.conn.fileno(), None)
+            self.fds.discard(job.conn.fileno())
+            job.conn.close()
+            job.conn = None
+
+    def _reply(self, conn: socket.socket, kind: bytes, payload: bytes) -> None:
+        try:
+            conn.sendall(encode_frame(kind, payload))
+        except OSError:
+            pass
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        self._reply(conn, b"N", why.encode("utf-8", "replace"))
+        conn.close()
+
+    def status_text(self) -> str:
+        from pycontain import __version__
+
+        return (f"pid {os.getpid()}\nsocket {self.path}\nversion {__version__}\npython {sys.executable}\n"
+                f"uptime_s {time.time() - self.started:.0f}\nserved {self.served}\nrunning {len(self.conns)}\n"
+                f"idle_timeout_s {self.idle_s:g}\nmodules {len(self.sources)}\n")
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _close_all(fds: Any) -> None:
+    for fd in list(fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _worker(server: Server, request: Request, fds: list[int], conn_fd: int, status_fd: int) -> None:
+    """The forked worker: become the client's process (cwd, umask, stdio,
+    environment, default signal dispositions), run the CLI, exit with its code.
+    Never returns into the server's loop."""
+    code = 1
+    try:
+        import signal
+
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # The server's fds (listener, lock, other clients' connections and
+        # pidfds): a worker has no business with them, and a detached
+        # container forked from it must not keep the lock or the socket. The
+        # objects that own them are never finalized (os._exit below).
+        _close_all(fd for fd in server.fds if fd != conn_fd)
+        os.fchdir(fds[0])
+        os.umask(request.umask)
+        for fd, target in zip(fds[1:], request.stdio):
+            os.dup2(fd, target)
+        for target in {0, 1, 2} - set(request.stdio):
+            try:
+                os.close(target)
+            except OSError:
+                pass
+        _close_all(fds)  # all >= 3: the server's own 0-2 are open (see serve)
+        os.environb.clear()
+        os.environb.update(request.env)
+        _reopen_stdio(set(request.stdio))
+        sys.argv = ["pycontain", *request.argv]
+        from pycontain.cli import main
+
+        code = main(request.argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+        except BaseException:
+            pass
+        code = 1
+    finally:
+        _finish(code, conn_fd, status_fd)
+
+
+def _reopen_stdio(present: set[int]) -> None:
+    """sys.stdin/stdout/stderr over the client's fds, buffered as a fresh
+    interpreter would buffer them (line-buffered on a tty; stderr always)."""
+    def stream(fd: int, mode: str, like: Any) -> Any:
+        if fd not in present:
+            return None
+        encoding = getattr(like, "encoding", None) or "utf-8"
+        errors = getattr(like, "errors", None) or ("backslashreplace" if fd == 2 else "strict")
+        if mode == "r":
+            return open(fd, encoding=encoding, errors=errors, closefd=False)
+        line = fd == 2 or os.isatty(fd)
+        return open(fd, "w", encoding=encoding, errors=errors, closefd=False, buffering=1 if line else -1)
+
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        new = stream(fd, mode, getattr(sys, f"__{name}__"))
+        setattr(sys, name, new)
+        setattr(sys, f"__{name}__", new)
+
+
+def _finish(code: Any, conn_fd: int, status_fd: int) -> None:
+    """What the launcher's finish() does (atexit handlers, flush, _exit), and
+    tell the exit code to the server (first) and to the client."""
+    code = code & 0xFF if isinstance(code, int) else 1
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        for s in (sys.stdout, sys.stderr):
+            try:
+                if s is not None:
+                    s.flush()
+            except (OSError, ValueError):
+                pass
+        os.write(status_fd, b"%d" % code)
+        os.write(conn_fd, encode_frame(b"X", b"%d" % code))
+    finally:
+        os._exit(code)
+
+
+# -- the `pycontain server` command ------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "server", help="the warm CLI server (status, stop)",
+        description="The per-user warm CLI server that makes `pycontain run` start fast. "
+                    "PYCONTAIN_CLI_SERVER=0 turns it off.")
+    sub = p.add_subparsers(dest="server_command", metavar="ACTION")
+    s = sub.add_parser("status", help="list running servers of this user")
+    s.set_defaults(handler=cmd_status)
+    s = sub.add_parser("stop", help="stop every server of this user (running commands finish first)")
+    s.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    s.set_defaults(handler=cmd_stop)
+    s = sub.add_parser("serve", help="run a server on SOCKET in the foreground (the launcher starts one itself)")
+    s.add_argument("--socket", required=True, help="socket path; its directory must be 0700")
+    s.add_argument("--idle", type=float, default=None, help="idle seconds before exiting")
+    s.set_defaults(handler=cmd_serve)
+    p.set_defaults(handler=cmd_status)
+
+
+def server_sockets(directory: str | None = None) -> list[str]:
+    """The socket paths in this user's socket directory (sorted)."""
+    d = socket_dir() if directory is None else directory
+    if not d:
+        return []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
+    return [os.path.join(d, n) for n in sorted(names) if n.startswith("cli-") and n.endswith(".sock")]
+
+
+def ask(path: str, kind: bytes, timeout: float = 5.0) -> tuple[int, str] | None:
+    """Send a ``kind`` frame (S or Q) to the server on ``path``: (its pid, its
+    answer); None when nothing of this uid answers there."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        pid, uid = _peer_uid(s)
+        if uid != os.geteuid():
+            return None
+        s.sendall(encode_frame(kind))
+        frame = read_frame(s)
+    except (OSError, ValueError, EOFError):
+        return None
+    finally:
+        s.close()
+    if frame is None or frame[0] not in (b"T", b"N"):
+        return None
+    return pid, frame[1].decode("utf-8", "replace")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    found = 0
+    for path in server_sockets():
+        answer = ask(path, b"S")
+        if answer is None:
+            print(f"{path}: stale (no server answers)")
+            continue
+        found += 1
+        print(answer[1].rstrip("\n"))
+        print()
+    if not found:
+        print(f"no CLI server running (socket directory: {socket_dir() or 'none'})")
+        return 1
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    pids = []
+    for path in server_sockets():
+        answer = ask(path, b"Q")
+        if answer is None:
+            try:  # nobody answers: a stale socket file
+                os.unlink(path)
+            except OSError:
+                pass
+            continue
+        pids.append(answer[0])
+    deadline = time.monotonic() + args.timeout
+    code = 0
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            print(f"pycontain: CLI server {pid} still running after {args.timeout:g} s", file=sys.stderr)
+            code = 1
+        else:
+            print(f"stopped CLI server {pid}")
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return serve(args.socket, args.idle)
+
+
+def serve(path: str, idle_s: float | None = None) -> int:
+    """Run a CLI server on ``path`` until it stops; the exit code.
+
+    Raises PermissionError when the socket's directory is not this uid's own
+    0700 directory.
+    """
+    return Server(path, idle_s).serve()
