@@ -313,13 +313,20 @@ class Cgroup:
         self._writable("kill")
         self._group.kill(timeout)
 
-    def remove(self, timeout: float = 10.0) -> None:
-        """Kill what is inside and remove the cgroup. Idempotent."""
+    def remove(self, timeout: float = 10.0, *, keep_parent: bool = False) -> None:
+        """Kill what is inside and remove the cgroup. Idempotent.
+
+        A nested parent (``parent="pycontain/jobs"``) is removed with its
+        last cgroup, unless ``keep_parent`` (containers keep their standing
+        ``pycontain/containers``, as Docker keeps ``/docker``: making and
+        removing it with every container cost two cgroupfs calls per
+        hierarchy). The top ``pycontain`` always stays.
+        """
         if self._readonly:
             self._writable("remove")
         if self._removed:
             return
-        self._group.remove(timeout)
+        self._group.remove(timeout, keep_parent=keep_parent)
         self._removed = True
 
     close = remove

@@ -664,7 +664,7 @@ class Container:
 
     def _release_cgroup(self) -> None:
         if self._cgroup is not None:
-            self._cgroup.remove()
+            self._cgroup.remove(keep_parent=True)  # the standing pycontain/containers
             self._cgroup = None
 
     def _release_network(self) -> None:
@@ -1087,6 +1087,25 @@ class _ChildSetup:
     allow_new_privs: bool = False
     #: the user namespace to join (``userns=``): a /proc/PID/ns/user of the helper that holds it
     userns_path: str | None = None
+    #: the rootfs plan (pycontain.backends.rootfs.RootfsPlan), checked here in
+    #: the caller: the child only carries it out
+    plan: Any = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from pycontain.backends import rootfs
+
+        volumes = [(v.source, v.destination, v.read_only) for v in self.config.volumes]
+        files = {"/etc/hosts": self.hosts} if self.hosts else {}
+        if self.hosts_path:
+            # The network's hosts file, rewritten in place as containers join
+            # and leave: a read-only bind keeps the names current.
+            volumes.append((self.hosts_path, "/etc/hosts", True))
+            files = {}
+        self.plan = rootfs.RootfsPlan(self.root_target, mount_rootfs=self._mount_at, read_only=self.config.read_only,
+                                      volumes=tuple(volumes), files=files)
+
+    def _mount_at(self, _target: str) -> None:
+        self.mount_root()
 
     def enter(self) -> None:
         """Run in the container's PID 1 after unshare: root, /proc, /dev, hardening.
@@ -1106,21 +1125,8 @@ class _ChildSetup:
 
         if self.loopback:
             syscalls.interface_up("lo")
-        volumes = [(v.source, v.destination, v.read_only) for v in self.config.volumes]
-        files = {"/etc/hosts": self.hosts} if self.hosts else {}
-        if self.hosts_path:
-            # The network's hosts file, rewritten in place as containers join
-            # and leave: a read-only bind keeps the names current.
-            volumes.append((self.hosts_path, "/etc/hosts", True))
-            files = {}
         if self.userns_path is None:
-            rootfs.enter_rootfs(
-                self.root_target,
-                mount_root=self.mount_root,
-                volumes=volumes,
-                read_only=self.config.read_only,
-                files=files,
-            )
+            rootfs.enter_rootfs(self.plan)
         else:
             from pycontain.backends import userns
             from pycontain.kernel import nsfs
@@ -1139,13 +1145,7 @@ class _ChildSetup:
             userns_fd = nsfs.open_namespace(self.userns_path)
             try:
                 with userns.mapped_root(ids.root_uid, ids.root_gid):
-                    rootfs.enter_rootfs(
-                        self.root_target,
-                        mount_root=lambda: self.mount_root(userns_fd),
-                        volumes=volumes,
-                        read_only=self.config.read_only,
-                        files=files,
-                    )
+                    rootfs.enter_rootfs(self.plan, mount_root=lambda: self.mount_root(userns_fd))
                 userns.enter_user_namespace(userns_fd)
             finally:
                 os.close(userns_fd)

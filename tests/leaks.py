@@ -25,9 +25,9 @@ def _pycontain_cgroups() -> frozenset[str]:
     out = set()
     for parent in glob.glob("/sys/fs/cgroup/*/pycontain") + glob.glob("/sys/fs/cgroup/pycontain"):
         for dirpath, _dirs, _files in os.walk(parent):
-            # Nested parents such as pycontain/containers go with their last
-            # cgroup, so they count too; only /pycontain itself stays.
-            if dirpath != parent:
+            # Nested parents go with their last cgroup, so they count too;
+            # /pycontain and the containers' standing parent stay.
+            if dirpath not in (parent, f"{parent}/containers"):
                 out.add(dirpath)
     return frozenset(out)
 

@@ -534,19 +534,19 @@ class V1Group:
                 return False
         return True
 
-    def remove(self, timeout: float = 10.0) -> None:
+    def remove(self, timeout: float = 10.0, keep_parent: bool = False) -> None:
         """Kill what is inside, rmdir in every hierarchy, unmount hierarchies we mounted."""
-        if self.exists():
-            if not self._remove_if_empty():
-                self.kill(timeout=timeout)
+        if not self._remove_if_empty() and self.exists():
+            self.kill(timeout=timeout)
             for d in reversed(self._unique_dirs()):
                 if os.path.isdir(d):
                     cgroupfs.remove_tree(d, timeout=timeout)  # cgroups made inside ours go first
-                if self.parent and self.name:
-                    # Nested parents (pycontain/containers) go with their last cgroup;
-                    # the top one (pycontain) stays.
-                    root = d[: -len(f"/{self.parent}/{self.name}")]
-                    cgroupfs.remove_empty_parents(d, keep=f"{root}/{self.parent.split('/')[0]}")
+        if self.parent and self.name and not keep_parent:
+            for d in reversed(self._unique_dirs()):
+                # Nested parents (pycontain/foo) go with their last cgroup;
+                # the top one (pycontain) stays.
+                root = d[: -len(f"/{self.parent}/{self.name}")]
+                cgroupfs.remove_empty_parents(d, keep=f"{root}/{self.parent.split('/')[0]}")
         for ctrl, mount in list(self.net_mounts.items()):
             del self.net_mounts[ctrl]
             _release_net_hierarchy(mount, self.parent)

@@ -286,14 +286,14 @@ class V2Group:
                               hint="a process in uninterruptible sleep (D state) cannot die until its I/O ends")
             time.sleep(0.002)
 
-    def remove(self, timeout: float = 10.0) -> None:
+    def remove(self, timeout: float = 10.0, keep_parent: bool = False) -> None:
         if not os.path.isdir(self.path):
             self._detach_devices()
             return
         self.kill(timeout=timeout)  # cgroup.kill and "populated" cover the whole subtree
         cgroupfs.remove_tree(self.path, timeout=timeout)  # cgroups made inside ours go first
-        if self.parent and self.name:
-            # Nested parents (pycontain/containers) go with their last cgroup;
+        if self.parent and self.name and not keep_parent:
+            # Nested parents (pycontain/foo) go with their last cgroup;
             # the top one (pycontain) stays.
             cgroupfs.remove_empty_parents(self.path, keep=f"{self.mount.rstrip('/')}/{self.parent.split('/')[0]}")
         # rmdir released the kernel's reference to the program; close ours.

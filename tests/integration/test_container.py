@@ -315,3 +315,22 @@ def test_status_and_remove_survive_the_zygote_going_away(monkeypatch: pytest.Mon
         c.remove(force=True)
         z.close()
     assert pycontain.containers().empty
+
+
+def test_remove_keeps_the_standing_parent_cgroup() -> None:
+    from pycontain.cgroup import Cgroup
+
+    c = Container(command=["true"])
+    c.start()
+    c.wait(timeout=30)
+    assert c.cgroup is not None
+    dirs = [p.rsplit("/", 1)[0] for p in c.cgroup.procs_files]
+    c.remove()
+    for d in dirs:
+        assert not os.path.exists(d)
+        assert os.path.basename(os.path.dirname(d)) == "containers" and os.path.isdir(os.path.dirname(d))
+    # Other nested parents still go with their last cgroup.
+    cg = Cgroup("pruned-child", parent="pycontain/prune-test")
+    parents = [os.path.dirname(p.rsplit("/", 1)[0]) for p in cg.procs_files]
+    cg.remove()
+    assert not any(os.path.exists(p) for p in parents)
