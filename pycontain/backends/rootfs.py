@@ -628,8 +628,10 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
     """Make ``plan.rootfs`` this process's ``/`` (see the module docstring).
 
     ``plan`` is a :class:`RootfsPlan`, or the rootfs path with the plan's
-    fields as keywords (``mount_root`` is then a callable without arguments
-    that mounts the root filesystem at that path).
+    fields as keywords. ``mount_root``, a callable without arguments, mounts
+    the root filesystem at that path (with a RootfsPlan: instead of its
+    ``mount_rootfs``, e.g. a plan checked in the caller and mounted with
+    something only the child has).
 
     Run in a child that has its own mount namespace (and, for a /proc that
     shows only the container, its own pid namespace, as PID 1 or below),
@@ -647,28 +649,29 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
 
         enter_rootfs(RootfsPlan("/tmp/rootfs", read_only=True))
     """
+    mounter = None
+    if mount_root is not None:
+        if not callable(mount_root):
+            raise InvalidArgument("mount_root must be callable", field="mount_root", value=mount_root)
+        mounter = _call_without_path(mount_root)
     if not isinstance(plan, RootfsPlan) and isinstance(plan, (str, os.PathLike)):
-        mounter = None
-        if mount_root is not None:
-            if not callable(mount_root):
-                raise InvalidArgument("mount_root must be callable", field="mount_root", value=mount_root)
-            mounter = _call_without_path(mount_root)
         plan = RootfsPlan(os.fspath(plan), mount_rootfs=mounter, read_only=read_only, volumes=tuple(volumes),
                           cgroup=cgroup, nodev=nodev, files=dict(files or {}))
     if not isinstance(plan, RootfsPlan):
         raise InvalidArgument("enter_rootfs takes a RootfsPlan or a rootfs path", field="plan", value=plan)
+    mount_rootfs = mounter or plan.mount_rootfs
     # 1. Nothing we do may reach the host's mount namespace.
     _mount(None, "/", None, C.MS_REC | C.MS_PRIVATE, what="/")
     # 2. The root filesystem, as a mount point of its own.
-    if plan.mount_rootfs is not None:
+    if mount_rootfs is not None:
         _make_dir(plan.rootfs)
-        plan.mount_rootfs(plan.rootfs)
+        mount_rootfs(plan.rootfs)
     root_fd = os.open(plan.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         # The real path (what realpath() gives, in one readlink): volume
         # landings are checked against it.
         root = proc.fd_target(root_fd)
-        if plan.mount_rootfs is None or not _is_mount_root(root_fd, root):
+        if mount_rootfs is None or not _is_mount_root(root_fd, root):
             _mount(root, root, None, C.MS_BIND, what=root)
             os.close(root_fd)
             root_fd = -1

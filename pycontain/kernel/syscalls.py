@@ -14,6 +14,7 @@ from __future__ import annotations
 import _socket  # (not socket, ~3 ms): interface_up runs in a container's setup, after the fork
 import ctypes
 import errno
+import fcntl
 import os
 import sys
 from collections.abc import Iterable
@@ -102,12 +103,14 @@ def namespace_flags(kinds: Iterable[str]) -> int:
 
 def unshare(flags: int) -> None:
     """unshare(2): move the calling process into new namespaces (CLONE_* flags)."""
-    _check(_c_unshare(flags), "unshare", detail=f"flags={flags:#x}")
+    if _c_unshare(flags) == -1:  # (details formatted only for an error, here and below)
+        _check(-1, "unshare", detail=f"flags={flags:#x}")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """setns(2): join the namespace (or, with a pidfd, namespaces) behind ``fd``."""
-    _check(_c_setns(fd, nstype), "setns", detail=f"fd={fd} nstype={nstype:#x}")
+    if _c_setns(fd, nstype) == -1:
+        _check(-1, "setns", detail=f"fd={fd} nstype={nstype:#x}")
 
 
 # -- mounts -----------------------------------------------------------------
@@ -151,7 +154,8 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
 def sethostname(name: str) -> None:
     """sethostname(2) in the caller's UTS namespace."""
     raw = name.encode()
-    _check(_c_sethostname(raw, len(raw)), "sethostname", detail=f"name={name!r}")
+    if _c_sethostname(raw, len(raw)) == -1:
+        _check(-1, "sethostname", detail=f"name={name!r}")
 
 
 def setdomainname(name: str) -> None:
@@ -165,7 +169,10 @@ def setdomainname(name: str) -> None:
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2), returning its (non-negative) result."""
-    return _check(_c_prctl(option, arg2, arg3, arg4, arg5), "prctl", detail=f"option={option}")
+    ret: int = _c_prctl(option, arg2, arg3, arg4, arg5)
+    if ret == -1:
+        _check(ret, "prctl", detail=f"option={option}")
+    return ret
 
 
 def set_no_new_privs() -> None:
@@ -305,6 +312,7 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
+_IFNAMSIZ = 16
 
 
 def interface_up(name: str = "lo") -> None:
@@ -313,17 +321,16 @@ def interface_up(name: str = "lo") -> None:
     Uses the SIOCSIFFLAGS ioctl (netdevice(7)) rather than netlink: inside a
     container's setup this is one system call and needs no library.
     """
-    import fcntl
-    import struct
-
     raw = name.encode()
     if not raw or len(raw) >= 16 or b"\0" in raw:
         raise InvalidArgument("invalid interface name", field="interface", value=name)
+    # struct ifreq: the name in 16 bytes, then ifr_flags (a short) in a 24-byte union.
+    ifreq = raw.ljust(_IFNAMSIZ, b"\0") + bytes(24)
     s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
     try:
-        ifreq = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("16sH14x", raw, 0))
-        flags = struct.unpack("16sH14x", ifreq)[1]
-        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", raw, flags | _IFF_UP))
+        got = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq)
+        flags = int.from_bytes(got[_IFNAMSIZ:_IFNAMSIZ + 2], sys.byteorder) | _IFF_UP
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, got[:_IFNAMSIZ] + flags.to_bytes(2, sys.byteorder) + got[_IFNAMSIZ + 2:])
     except OSError as e:
         raise kernel_error("ioctl(SIOCSIFFLAGS)", e.errno or 0, path=name) from None
     finally:
@@ -362,10 +369,11 @@ def seccomp_load_bpf(program: bytes) -> None:
         raise InvalidArgument("a BPF program is a non-empty array of 8-byte instructions",
                               field="program", value=len(program))
     count = len(program) // 8
-    insns = (_SockFilter * count).from_buffer_copy(program)
-    prog = _SockFprog(count, ctypes.cast(insns, ctypes.POINTER(_SockFilter)))
-    ret = _c_prctl(C.PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0)
-    _check(ret, "prctl(PR_SET_SECCOMP)", detail=f"{count} instructions")
+    # The bytes themselves, not a copy in a new array type: the kernel copies
+    # the program, and ``program`` lives until prctl returns.
+    prog = _SockFprog(count, ctypes.cast(ctypes.c_char_p(program), ctypes.POINTER(_SockFilter)))
+    if _c_prctl(C.PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) == -1:
+        _check(-1, "prctl(PR_SET_SECCOMP)", detail=f"{count} instructions")
 
 
 class _OpenHow(ctypes.Structure):
@@ -416,7 +424,8 @@ def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, recursive: bool 
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     ret = int(_c_syscall(ctypes.c_long(_syscall_number("mount_setattr")), ctypes.c_int(fd), ctypes.c_char_p(b""),
                          ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
-    _check(ret, "mount_setattr", detail=f"set={attr_set:#x} clear={attr_clr:#x} recursive={recursive}")
+    if ret == -1:
+        _check(ret, "mount_setattr", detail=f"set={attr_set:#x} clear={attr_clr:#x} recursive={recursive}")
 
 
 # statx(2) -- include/uapi/linux/stat.h
