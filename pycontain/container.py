@@ -657,7 +657,10 @@ class Container:
                     step()
                 except BaseException as e:  # keep going: leave as little as possible behind
                     errors.append(e)
-            shutil.rmtree(self._state_path, ignore_errors=True)
+            from pycontain.backends.storage_driver import remove_dir
+
+            with contextlib.suppress(OSError):
+                remove_dir(str(self._state_path), ("state.json", "exit", "output.log"))
             self._removed = True
             if errors:
                 raise errors[0]
@@ -674,9 +677,10 @@ class Container:
 
     def _release_rootfs(self) -> None:
         if self._rootfs is not None:
-            self._rootfs.release()
+            self._rootfs.release()  # the layer's directory too
             self._rootfs = None
-        shutil.rmtree(self._layers_path(), ignore_errors=True)
+        else:
+            shutil.rmtree(self._layers_path(), ignore_errors=True)
 
     def __enter__(self) -> Container:
         if self._status == "created" and self._child is None:
@@ -1445,7 +1449,8 @@ class _Rootfs:
         if self.sized is not None:
             self.sized.release()
         self.driver.cleanup(self.plan)
-        shutil.rmtree(self.plan.container_dir, ignore_errors=True)
+        if os.path.lexists(self.plan.container_dir):  # a driver that left it (never the built-in ones)
+            shutil.rmtree(self.plan.container_dir, ignore_errors=True)
 
 
 class _SizedLayer:

@@ -201,6 +201,34 @@ def _unmount(steps: list[MountStep], target: str) -> None:
             pass
 
 
+def remove_dir(path: str, expected: Sequence[str] = ()) -> None:
+    """Remove the directory ``path``, which holds (at most) ``expected``:
+    relative names in removal order, directories with a trailing "/".
+
+    The entries are removed by name, one syscall each, before the directory
+    itself; anything else in it (ENOTEMPTY, a file where a directory was
+    expected) falls back to ``shutil.rmtree``. On this host's ext4 that
+    walk (open, fstat, scandir per directory) cost ~1 ms more per container.
+    Missing entries and a missing ``path`` are fine.
+    """
+    try:
+        for name in expected:
+            try:
+                if name.endswith("/"):
+                    os.rmdir(os.path.join(path, name))
+                else:
+                    os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                pass
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.lexists(path):
+            shutil.rmtree(path)  # once more, to raise what stops it
+
+
 # -- registration of prepared rootfs (so in-use layers are not pruned) ----------------------
 
 

@@ -105,8 +105,10 @@ class OverlayDriver:
 
     def cleanup(self, plan: sd.RootfsPlan) -> None:
         sd.unregister(self.store, plan.owner)
-        if os.path.isdir(plan.container_dir):
-            shutil.rmtree(plan.container_dir)
+        # What prepare() made, and overlayfs' own work/work; an upper dir with
+        # files in it sends remove_dir to a full walk.
+        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/", "work/", "upper/", "empty/",
+                                           "host-empty/", "host/"))
 
 
 def exists_below(lowers: Sequence[str], parts: list[str]) -> bool:
