@@ -18,6 +18,10 @@ import pytest
 
 IS_ROOT = os.geteuid() == 0
 
+# No warm CLI server (pycontain/cli/server.py) starts from a test run: it would
+# outlive the test. tests/integration/test_cli_server.py turns it on for itself.
+os.environ["PYCONTAIN_CLI_SERVER"] = "0"
+
 
 def _cgroup_mode() -> str:
     try:

@@ -117,10 +117,11 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def socket_name(executable: str, launcher: str, launcher_mtime_ns: int, protocol: str = PROTOCOL) -> str:
-    """The socket's file name for this interpreter, launcher (its real path
-    and mtime) and protocol: a different install never reaches this server."""
-    key = "\0".join((protocol, executable, launcher, str(launcher_mtime_ns)))
+def socket_name(executable: str, launcher: os.stat_result, protocol: str = PROTOCOL) -> str:
+    """The socket's file name for this interpreter, launcher (its device,
+    inode and mtime: ``os.stat()`` of bin/pycontain) and protocol: another
+    install, or an edited launcher, never reaches this server."""
+    key = "\0".join((protocol, executable, str(launcher.st_dev), str(launcher.st_ino), str(launcher.st_mtime_ns)))
     return f"cli-{fnv1a64(key.encode('utf-8', 'surrogateescape')):016x}.sock"
 
 

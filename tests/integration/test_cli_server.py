@@ -1,0 +1,362 @@
+"""The warm CLI server (pycontain/cli/server.py) and its client (bin/pycontain),
+driven as a user would: the launcher of this working tree run as a command,
+a server started by it in a private socket directory, real containers.
+
+Each test starts its own server and stops it (the fixture checks that the
+server process is gone), so nothing outlives the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pycontain.cli import server as cli_server
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCHER = REPO / "bin" / "pycontain"
+SERVER_SOURCE = Path(cli_server.__file__)
+
+
+def command(*args: str) -> list[str]:
+    # The launcher's Python part, as its shell line runs it: this interpreter
+    # (the project's venv), -I -S.
+    return [sys.executable, "-I", "-S", str(LAUNCHER), *args]
+
+
+class Cli:
+    """The command line with a private socket directory, state dir and store."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.sockdir = os.path.join(base, "cli")
+        self.env = dict(os.environ, PYCONTAIN_CLI_SERVER="1", PYCONTAIN_CLI_SERVER_DIR=self.sockdir)
+        self.pids: set[int] = set()
+
+    def run(self, *args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+        kw.setdefault("capture_output", True)
+        return subprocess.run(command(*args), text=True, timeout=60, env=env or self.env,
+                              **kw)  # type: ignore[call-overload]
+
+    def in_process(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(*args, env=dict(self.env, PYCONTAIN_CLI_SERVER="0"))
+
+    def servers(self) -> list[tuple[int, dict[str, str]]]:
+        out = []
+        for path in cli_server.server_sockets(self.sockdir):
+            answer = cli_server.ask(path, b"S", timeout=2)
+            if answer is not None:
+                fields = dict(line.split(" ", 1) for line in answer[1].splitlines() if " " in line)
+                out.append((answer[0], fields))
+        return out
+
+    def wait_server(self, other_than: int | None = None, timeout: float = 15) -> tuple[int, dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [s for s in self.servers() if s[0] != other_than]
+            if found:
+                self.pids.add(found[0][0])
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no CLI server answered in {self.sockdir} within {timeout} s")
+
+    def start(self) -> int:
+        """A server, started the way users get one: a first command runs
+        in-process and leaves a server behind."""
+        r = self.run("--version")
+        assert r.returncode == 0, r.stderr
+        return self.wait_server()[0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    """Pids of processes whose command line is exactly ``argv``."""
+    want = [a.encode() for a in argv]
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:-1] == want:
+                    pids.append(int(name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_for(predicate, timeout: float = 10, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _cgroups_named(name: str) -> list[str]:
+    found = []
+    for ctrl in os.listdir("/sys/fs/cgroup"):
+        parent = f"/sys/fs/cgroup/{ctrl}/pycontain/containers"
+        try:
+            found += [f"{parent}/{d}" for d in os.listdir(parent) if d.startswith(name + "-")]
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def cli() -> Iterator[Cli]:
+    # A short path: a unix socket's path must fit in 108 bytes.
+    base = tempfile.mkdtemp(prefix="pcs-", dir="/tmp")
+    c = Cli(base)
+    try:
+        yield c
+    finally:
+        subprocess.run(command("server", "stop"), env=c.env, capture_output=True, timeout=30)
+        left = [pid for pid in c.pids if not _wait_gone(pid)]
+        for pid in left:  # only our own servers, by pid
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"CLI servers {left} did not stop"
+
+
+def test_first_run_starts_a_server_that_serves_the_next(cli: Cli) -> None:
+    assert cli.servers() == []
+    r = cli.run("run", "--rm", "host", "sh", "-c", "echo first; exit 3")
+    assert (r.returncode, r.stdout) == (3, "first\n"), r.stderr
+    pid, status = cli.wait_server()
+    assert status["served"] == "0"
+    st = os.lstat(cli.sockdir)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    r = cli.run("run", "--rm", "host", "sh", "-c", "echo second; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "second\n", "")
+    after = dict(cli.servers())[pid]
+    assert after["served"] == "1"  # it ran in the server, not in-process
+    assert cli.run("ps", "-a", "-q").stdout == ""
+
+
+def test_exit_codes_and_signal_deaths(cli: Cli) -> None:
+    cli.start()
+    assert cli.run("run", "--rm", "host", "true").returncode == 0
+    assert cli.run("run", "--rm", "host", "sh", "-c", "exit 7").returncode == 7
+    assert cli.run("run", "--rm", "host", "sh", "-c", "kill -KILL $$").returncode == 128 + 9
+    r = cli.run("run", "--rm", "--memory", "32bm", "host", "true")  # a usage error: 2, a clear message
+    assert r.returncode == 2 and "memory" in r.stderr and "Traceback" not in r.stderr
+    assert cli.run("no-such-command").returncode == 2
+    assert dict(cli.servers()) and all(int(s["served"]) >= 5 for _, s in cli.servers())
+
+
+def test_stdio_are_the_clients_own_fds(cli: Cli, tmp_path: Path) -> None:
+    cli.start()
+    # pipes
+    r = cli.run("run", "--rm", "host", "sh", "-c", "cat; echo out; echo err >&2", input="from stdin\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "from stdin\nout\n", "err\n")
+    # files, and a stdin that is a file
+    (tmp_path / "in").write_text("file input\n")
+    with open(tmp_path / "in") as fin, open(tmp_path / "out", "w") as fout, open(tmp_path / "err", "w") as ferr:
+        r = cli.run("run", "--rm", "host", "sh", "-c", "cat; echo to-out; echo to-err >&2",
+                    stdin=fin, stdout=fout, stderr=ferr, capture_output=False)
+    assert r.returncode == 0
+    assert (tmp_path / "out").read_text() == "file input\nto-out\n"
+    assert (tmp_path / "err").read_text() == "to-err\n"
+    # the CLI's own messages (the worker's sys.stdout/stderr) go there too
+    r = cli.run("--version")
+    assert r.stdout.startswith("pycontain ") and r.returncode == 0
+    # a closed stdin
+    r = cli.run("run", "--rm", "host", "sh", "-c", "echo ok", stdin=subprocess.DEVNULL)
+    assert r.stdout == "ok\n"
+
+
+def test_env_cwd_and_umask_are_the_clients(cli: Cli, tmp_path: Path) -> None:
+    cli.start()
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "vol").mkdir()
+    # A relative state dir: found through the client's environment and cwd.
+    env = dict(cli.env, PYCONTAIN_STATE_DIR="relstate")
+    r = cli.run("run", "-d", "--name", "envcwd", "host", "sleep", "30", env=env, cwd=str(work))
+    assert (r.returncode, r.stdout) == (0, "envcwd\n"), r.stderr
+    try:
+        assert (work / "relstate").is_dir()
+        assert cli.run("ps", "-q", env=env, cwd=str(work)).stdout == "envcwd\n"
+    finally:
+        assert cli.run("rm", "-f", "envcwd", env=env, cwd=str(work)).returncode == 0
+    # The umask reaches the container (its processes inherit the worker's).
+    script = "umask; touch /vol/f"
+
+    def run_umask(mask: int) -> str:
+        old = os.umask(mask)
+        try:
+            r = cli.run("run", "--rm", "-v", f"{tmp_path / 'vol'}:/vol", "host", "sh", "-c", script)
+        finally:
+            os.umask(old)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert run_umask(0o077) == "0077"
+    assert stat.S_IMODE(os.stat(tmp_path / "vol" / "f").st_mode) == 0o600
+    os.unlink(tmp_path / "vol" / "f")
+    assert run_umask(0o002) == "0002"
+    assert stat.S_IMODE(os.stat(tmp_path / "vol" / "f").st_mode) == 0o664
+
+
+def test_detach_name_and_rm(cli: Cli) -> None:
+    cli.start()
+    r = cli.run("run", "-d", "--name", "srvweb", "host", "sh", "-c", "echo started; exec sleep 30")
+    assert (r.returncode, r.stdout) == (0, "srvweb\n"), r.stderr
+    try:
+        ps = cli.run("ps").stdout
+        assert "srvweb" in ps and "running" in ps
+        # the detached container outlives the worker that made it
+        assert cli.in_process("ps", "-q").stdout == "srvweb\n"
+        _wait_for(lambda: cli.run("logs", "srvweb").stdout == "started\n", what="the log")
+        assert cli.run("run", "--name", "srvweb", "host", "true").returncode != 0  # the name is taken
+    finally:
+        assert cli.run("rm", "-f", "srvweb").returncode == 0
+    assert cli.run("ps", "-a", "-q").stdout == ""
+    # --name without --rm: the record stays for ps -a
+    assert cli.run("run", "--name", "kept", "host", "true").returncode == 0
+    assert cli.run("ps", "-a", "-q").stdout == "kept\n"
+    assert cli.run("rm", "kept").returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_the_client_stops_the_container(cli: Cli, sig: int) -> None:
+    cli.start()
+    token = f"{3000 + int(sig)}.25"  # a unique sleep argument to find the container's process
+    name = f"sig{int(sig)}"
+    p = subprocess.Popen(command("run", "--name", name, "host", "sleep", token), env=cli.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: bool(_processes_running(["sleep", token])), what="the container's process")
+        assert _cgroups_named(name), "the container has no cgroup"
+        os.kill(p.pid, sig)
+        p.wait(timeout=15)
+        if sig == signal.SIGINT:
+            # the in-process CLI's Ctrl-C: SIGTERM to the container, its status
+            assert p.returncode == 128 + signal.SIGTERM
+        else:
+            assert p.returncode == -sig
+        _wait_for(lambda: not _processes_running(["sleep", token]), what="the container to die")
+        # what the dead worker left (cgroup, state) is collected
+        _wait_for(lambda: not _cgroups_named(name), what="the cgroup to be removed")
+        if sig == signal.SIGINT:
+            assert cli.in_process("ps", "-a", "-q").stdout == f"{name}\n"  # exited, kept (no --rm)
+        else:
+            _wait_for(lambda: cli.in_process("ps", "-a", "-q").stdout == "", what="the state to be collected")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+        cli.in_process("rm", "-f", name)
+
+
+def test_changed_source_makes_the_server_refuse_and_the_client_fall_back(cli: Cli) -> None:
+    pid = cli.start()
+    st = os.stat(SERVER_SOURCE)
+    os.utime(SERVER_SOURCE, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        r = cli.run("run", "--rm", "host", "sh", "-c", "echo fallback; exit 6")
+        assert (r.returncode, r.stdout, r.stderr) == (6, "fallback\n", "")
+        assert _wait_gone(pid), "the stale server did not exit"
+        # the fallback started a fresh server, which serves the next command
+        new_pid, status = cli.wait_server(other_than=pid)
+        assert status["served"] == "0"
+        assert cli.run("run", "--rm", "host", "true").returncode == 0
+        assert dict(cli.servers())[new_pid]["served"] == "1"
+    finally:
+        os.utime(SERVER_SOURCE, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_stale_socket_falls_back_and_is_replaced(cli: Cli) -> None:
+    # Find the socket's name: start a server, stop it, leave a dead socket file there.
+    cli.start()
+    [path] = cli_server.server_sockets(cli.sockdir)
+    assert cli.run("server", "stop").returncode == 0
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)
+    dead.close()  # a socket file nobody listens on: connect() is refused
+    r = cli.run("run", "--rm", "host", "sh", "-c", "echo ok")
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+    pid, status = cli.wait_server()
+    assert status["served"] == "0"
+    assert cli.run("run", "--rm", "host", "true").returncode == 0
+    assert dict(cli.servers())[pid]["served"] == "1"
+
+
+def test_another_uid_is_refused(cli: Cli) -> None:
+    cli.start()
+    [path] = cli_server.server_sockets(cli.sockdir)
+    # Let uid 65534 reach the socket at all (the 0700 directory is the first
+    # wall); the server's SO_PEERCRED check must be the second.
+    os.chmod(cli.base, 0o711)
+    os.chmod(cli.sockdir, 0o711)
+    os.chmod(path, 0o777)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(cli_server.encode_frame(b"S"))
+            frame = cli_server.read_frame(s)
+            os.write(w, repr(frame).encode())
+            code = 0
+        except BaseException as e:
+            os.write(w, f"error {e!r}".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    os.chmod(cli.sockdir, 0o700)
+    os.chmod(cli.base, 0o700)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    assert answer.startswith("(b'N'") and "uid 65534" in answer, answer
+
+
+def test_idle_server_exits_and_removes_its_socket(cli: Cli) -> None:
+    cli.env["PYCONTAIN_CLI_SERVER_IDLE"] = "0.5"
+    pid = cli.start()
+    assert _wait_gone(pid, timeout=10), "the idle server did not exit"
+    assert cli_server.server_sockets(cli.sockdir) == []
+
+
+def test_opt_out_starts_no_server(cli: Cli) -> None:
+    r = cli.in_process("run", "--rm", "host", "true")
+    assert r.returncode == 0
+    time.sleep(0.5)
+    assert cli.servers() == [] and not os.path.exists(cli.sockdir)
