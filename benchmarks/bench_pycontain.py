@@ -12,7 +12,10 @@ takes ratios pair by pair):
   crun and runc do per container); ``pycontain`` (a full
   container: busybox rootfs, 5 namespaces, cgroup) once ``pycontain.Container``
   exists; ``pycontain run (CLI)``: the same container through the installed
-  ``pycontain`` command, a new process per container as runc's case.
+  ``pycontain`` command, a new process per container as runc's case, served
+  by a warm CLI server (started in the case's setup, stopped in its
+  teardown); ``pycontain run (CLI, no server)``: the same with
+  PYCONTAIN_CLI_SERVER=0 (a fresh interpreter imports pycontain each time).
 * exec, memory, build-cold, build-cached: once Container / Image exist.
 * stats: ``pycontain.Cgroup(...).stats()`` (pandas Series) and
   ``stats_dict()`` (the sampler's hot path) on a cgroup of this run.
@@ -143,23 +146,111 @@ def cli_command() -> str | None:
     return None
 
 
-def _cli_start(ws: Workspace, group: str) -> Case:
+CLI_NO_SERVER_CASE = "pycontain run (CLI, no server)"
+
+
+class CliServer:
+    """A warm CLI server (pycontain/cli/server.py) of this benchmark's own, in
+    a socket directory inside the workspace: started the way a user gets one
+    (a first command runs in-process and leaves a server behind), checked
+    before every repetition (a server that went away, e.g. because
+    pycontain's source changed under it, is started again, untimed, and
+    counted), stopped at the end."""
+
+    def __init__(self, ws: Workspace, command: str, group: str) -> None:
+        self.ws = ws
+        self.command = command
+        self.sockdir = os.path.join(ws.root, f"cli-{group}")
+        self.restarts = 0
+        self.pids: set[int] = set()
+
+    def env(self) -> dict[str, str]:
+        # state dir and store: the environment _pycontain_env() set for this run
+        return dict(os.environ, PYCONTAIN_CLI_SERVER="1", PYCONTAIN_CLI_SERVER_DIR=self.sockdir)
+
+    def _answering(self) -> int | None:
+        from pycontain.cli import server
+
+        for path in server.server_sockets(self.sockdir):
+            answer = server.ask(path, b"S", timeout=2)
+            if answer is not None:
+                self.pids.add(answer[0])
+                return answer[0]
+        return None
+
+    def ensure(self) -> None:
+        import time
+
+        if self._answering() is not None:
+            return
+        if self.pids:
+            self.restarts += 1
+        self.ws.run([self.command, "--version"], env=self.env())
+        deadline = time.monotonic() + 30
+        while self._answering() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no CLI server answered in {self.sockdir}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        import signal
+        import time
+
+        self.ws.run([self.command, "server", "stop"], env=self.env(), check=False)
+        deadline = time.monotonic() + 10
+        for pid in self.pids:
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
+            else:
+                os.kill(pid, signal.SIGKILL)  # our own server, by pid
+        if self.restarts:
+            print(f"note: the CLI server of {self.sockdir} was restarted {self.restarts} times "
+                  "(pycontain's source changed during the run?)", file=sys.stderr)
+
+
+def _cli_start(ws: Workspace, group: str, server: bool = True) -> Case:
     """The peers' work through the command line, as runc's case: a new
     process per container, ``pycontain run --rm IMAGE /bin/true``, started by
-    the same launcher (vfork + nsenter) as crun and runc."""
+    the same launcher (vfork + nsenter) as crun and runc. ``server``: through
+    a warm CLI server (the default for users), else in-process
+    (PYCONTAIN_CLI_SERVER=0: a fresh interpreter imports pycontain each time)."""
+    name = CLI_CASE if server else CLI_NO_SERVER_CASE
     command = cli_command()
     if command is None:
-        return skipped(CLI_CASE, group, "no installed pycontain command (./dev setup: pip install -e .)")
+        return skipped(name, group, "no installed pycontain command (./dev setup: pip install -e .)")
     with open(command, "rb") as f:
         how = "-I -S launcher" if f.readline().startswith(b"#!/bin/sh") else "console script"
     argv = [command, "run", "--rm", "pycontain-bench/busybox:latest", "/bin/true"]
+    gap = _gap_for(group)
+    if not server:
+        def run_in_process() -> None:
+            ws.run(argv, view="host", env=dict(os.environ, PYCONTAIN_CLI_SERVER="0"))
+
+        return Case(name, group, run=run_in_process, setup=lambda: _busybox_image(ws), before=gap, warmup=2,
+                    note=f"`pycontain run --rm busybox /bin/true` ({how}: {command}), PYCONTAIN_CLI_SERVER=0: "
+                         "a fresh interpreter imports pycontain; 5 namespaces, cgroup")
+    warm = CliServer(ws, command, group)
+    env = warm.env()
+
+    def setup() -> None:
+        _busybox_image(ws)
+        warm.ensure()
+
+    def before() -> None:
+        if gap is not None:
+            gap()
+        warm.ensure()
 
     def run() -> None:
-        # state dir and store: the environment _pycontain_env() set for this run
-        ws.run(argv, view="host")
+        ws.run(argv, view="host", env=env)
 
-    return Case(CLI_CASE, group, run=run, setup=lambda: _busybox_image(ws), before=_gap_for(group), warmup=2,
-                note=f"`pycontain run --rm busybox /bin/true` ({how}: {command}); 5 namespaces, cgroup")
+    return Case(name, group, run=run, setup=setup, teardown=warm.stop, before=before, warmup=2,
+                note=f"`pycontain run --rm busybox /bin/true` ({how}: {command}) through the warm CLI server "
+                     "(started in setup, stopped in teardown); 5 namespaces, cgroup")
 
 
 class RunningContainer:
@@ -354,6 +445,8 @@ def cases(ws: Workspace) -> list[Case]:
             "pycontain", group, f"{NOT_YET}: pycontain.Container is missing"))
         out.append(_cli_start(ws, group) if has_container else skipped(
             CLI_CASE, group, f"{NOT_YET}: pycontain.Container is missing"))
+        out.append(_cli_start(ws, group, server=False) if has_container else skipped(
+            CLI_NO_SERVER_CASE, group, f"{NOT_YET}: pycontain.Container is missing"))
     if has_container:
         out.append(_exec_case(ws))
         out.append(_build_case(ws, cold=True))
