@@ -435,6 +435,7 @@ class _Root:
         self.path = path
         self.fd = fd
         self.anchors: dict[str, int] = {}
+        self.bases: dict[str, str] = {}  # name -> /proc/self/fd/<anchor>
         self.dev = os.fstat(fd).st_dev
 
     def anchor(self, name: str) -> None:
@@ -445,16 +446,18 @@ class _Root:
                               path="/" + name,
                               hint="the rootfs changed under us: is it shared with a running container?")
         self.anchors[name] = fd
+        self.bases[name] = proc.fd_path(fd)
 
     def close(self) -> None:
         for fd in self.anchors.values():
             os.close(fd)
         self.anchors.clear()
+        self.bases.clear()
 
     def p(self, rel: str) -> str:
         """A path string for ``rel`` (e.g. ``"dev/null"``) through its anchor."""
         top, _, rest = rel.strip("/").partition("/")
-        base = proc.fd_path(self.anchors[top])
+        base = self.bases[top]
         return f"{base}/{rest}" if rest else base
 
     def mount(self, source: str | None, rel: str, fstype: str | None, flags: int = 0,

@@ -248,10 +248,15 @@ class _CapData(ctypes.Structure):
     ]
 
 
+# Array types made once here: ctypes makes (and caches) a new type on first
+# use, which would otherwise happen in every container's child.
+_CapDataPair = _CapData * 2
+
+
 def capget(pid: int = 0) -> tuple[int, int, int]:
     """capget(2): (effective, permitted, inheritable) as 64-bit masks."""
     header = _CapHeader(C.LINUX_CAPABILITY_VERSION_3, pid)
-    data = (_CapData * 2)()
+    data = _CapDataPair()
     nr = _syscall_number("capget")
     _check(_c_syscall(ctypes.c_long(nr), ctypes.byref(header), ctypes.byref(data)), "capget")
     return (
@@ -264,7 +269,7 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """capset(2) on the calling thread, with 64-bit masks."""
     header = _CapHeader(C.LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
+    data = _CapDataPair()
     mask = 0xFFFFFFFF
     data[0].effective, data[1].effective = effective & mask, effective >> 32
     data[0].permitted, data[1].permitted = permitted & mask, permitted >> 32
@@ -435,6 +440,7 @@ _STATX_ATTRIBUTES = 8  # offsetof(struct statx, stx_attributes)
 _STATX_ATTRIBUTES_MASK = 56  # offsetof(struct statx, stx_attributes_mask)
 _c_statx = _libc.statx  # glibc 2.28
 _c_statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+_StatxBuffer = ctypes.c_char * _STATX_SIZE
 
 
 def is_mount_root(fd: int) -> bool | None:
@@ -442,7 +448,7 @@ def is_mount_root(fd: int) -> bool | None:
     a mount: STATX_ATTR_MOUNT_ROOT of statx(2), one call. None when this
     kernel does not say (before Linux 5.8); then compare mount ids instead
     (:func:`pycontain.kernel.proc.mount_id`)."""
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    buf = _StatxBuffer()
     _check(_c_statx(fd, b"", AT_EMPTY_PATH, 0, buf), "statx", detail=f"fd={fd}")
     raw = buf.raw
     if not int.from_bytes(raw[_STATX_ATTRIBUTES_MASK:_STATX_ATTRIBUTES_MASK + 8], sys.byteorder) & STATX_ATTR_MOUNT_ROOT:
