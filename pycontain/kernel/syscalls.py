@@ -472,7 +472,9 @@ def open_tree(path: str | os.PathLike[str], *, clone: bool = True, recursive: bo
     raw = _fs(path)
     ret = int(_c_syscall(ctypes.c_long(_syscall_number("open_tree")), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
                          ctypes.c_uint(flags)))
-    return _check(ret, "open_tree", path, detail=f"flags={flags:#x}")
+    if ret == -1:
+        _check(ret, "open_tree", path, detail=f"flags={flags:#x}")
+    return ret
 
 
 def move_mount(fd: int, target: str | os.PathLike[str], *, target_dirfd: int = -100) -> None:
