@@ -1119,6 +1119,7 @@ class _ChildSetup:
         the namespace as its root (:mod:`pycontain.backends.userns`).
         """
         from pycontain.backends import capabilities, hardening, rootfs
+        from pycontain.engine.child import LOOPBACK_UP
         from pycontain.kernel import syscalls
 
         if self.allow_new_privs:
@@ -1127,7 +1128,7 @@ class _ChildSetup:
             # no_new_privs. This process is a fork: the change dies with it.
             capabilities.set_no_new_privs = lambda: None  # type: ignore[assignment]
 
-        if self.loopback:
+        if self.loopback and not LOOPBACK_UP:  # (the engine brings a new net namespace's lo up)
             syscalls.interface_up("lo")
         if self.userns_path is None:
             rootfs.enter_rootfs(self.plan)

@@ -388,6 +388,26 @@ def _ask_parent(ch: Channels, who: bytes, persist: set[str]) -> None:
         os._exit(SETUP_FAILED)  # the parent gave up; it reports why
 
 
+#: Namespaces this process made before it knew its spec: a zygote's spare
+#: child (pycontain.engine.zygote) makes a new net (with loopback up), ipc
+#: and uts namespace while it waits, and is given only specs that want new
+#: ones of these kinds. Empty in every other process.
+PREMADE: frozenset[str] = frozenset()
+
+#: Whether this process brought the loopback of its new net namespace up
+#: (so a container's setup need not do it again).
+LOOPBACK_UP = False
+
+
+def _loopback_up() -> None:
+    """A new network namespace comes with its loopback up (as with Docker,
+    podman and ``bwrap --unshare-net``): a process inside can talk to itself
+    on 127.0.0.1, and nothing else."""
+    global LOOPBACK_UP
+    syscalls.interface_up("lo")
+    LOOPBACK_UP = True
+
+
 def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], pickler: Any,
            parent_fd: int | None = None) -> NoReturn:
     """Turn this freshly forked, single-threaded process into ``spec``'s child.
@@ -428,6 +448,7 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
         first, second = set(spec.new), set()
         if spec.pid_by_forker:
             first.discard("pid")  # the forker made it: we are its PID 1
+        first -= PREMADE  # a zygote's spare made these while it waited
         if relay:
             first, second = first & FORK_FIRST_KINDS, first - FORK_FIRST_KINDS
         if first:
@@ -437,6 +458,8 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
             _ask_parent(ch, b"first", first & set(spec.persist))
         if spec.uid_map or spec.gid_map:
             _become_root_inside(spec)
+        if "net" in first:
+            _loopback_up()
         # 5. pid and time namespaces apply to children: fork the workload
         # (unless the forker placed us in the pid namespace already).
         if relay:
@@ -467,6 +490,8 @@ def become(spec: ChildSpec, ch: Channels, *, parent: int, env: dict[str, str], p
                 _ask_parent(ch, b"cgroup", set())
             if second:
                 syscalls.unshare(syscalls.namespace_flags(second))
+                if "net" in second:
+                    _loopback_up()
                 if second & set(spec.persist):
                     _ask_parent(ch, b"workload", second & set(spec.persist))
         if ch.sync is not None:

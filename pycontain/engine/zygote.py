@@ -74,9 +74,20 @@ _BOOT = (
 )
 
 
+#: The namespaces a spare makes while it waits (besides its pid namespace):
+#: a new network namespace costs ~0.9 ms here and bringing its loopback up
+#: ~0.5 ms more, ipc and uts ~0.2 ms each. (Their kernel memory is charged
+#: to the zygote's cgroup, as it is made before the container's is joined.)
+_SPARE_KINDS = frozenset({"net", "ipc", "uts"})
+
+
 def _fits_spare(spec: ChildSpec) -> bool:
-    """Whether a spare child (forked ahead into a new pid namespace) can become ``spec``."""
-    return spec.pid_by_forker and "pid" in spec.new and "pid" not in dict(spec.join)
+    """Whether a spare child (forked ahead into a new pid namespace, with new
+    net, ipc and uts namespaces) can become ``spec``: one that wants a new pid
+    namespace and new (or joined) ones of the spare's other kinds."""
+    joined = dict(spec.join)
+    return (spec.pid_by_forker and "pid" in spec.new and "pid" not in joined and not spec.persist
+            and all(kind in spec.new or kind in joined for kind in _SPARE_KINDS))
 
 
 #: What a spare is forked as: a new pid namespace, and a pidfd of the zygote
@@ -279,6 +290,14 @@ class _Spares:  # pragma: no cover - in the helper
             os.close(f)
         with contextlib.suppress(Exception):
             syscalls.set_name(SPARE_NAME)
+        premade: frozenset[str] = frozenset()
+        try:
+            syscalls.unshare(syscalls.namespace_flags(_SPARE_KINDS))
+            premade = _SPARE_KINDS
+            _child._loopback_up()
+        except Exception:
+            if premade:
+                os._exit(0)  # a net namespace without loopback: let the zygote fork as usual
         try:
             head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
             if not head:
@@ -291,6 +310,9 @@ class _Spares:  # pragma: no cover - in the helper
         with contextlib.suppress(Exception):
             syscalls.set_name(self.name)
         spec, env, targets = self.pickler.loads(payload)
+        # Only the kinds the spec wants new: joined ones replace ours by setns.
+        _child.PREMADE = premade & spec.new
+        _child.LOOPBACK_UP = "net" in _child.PREMADE  # a joined net namespace has its own lo
         if not spec.pdeathsig and parent_fd is not None:
             os.close(parent_fd)
             parent_fd = None

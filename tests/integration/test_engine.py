@@ -629,3 +629,15 @@ def test_closed_fds_are_invalid_arguments() -> None:
     with pytest.raises(InvalidArgument) as info:
         start(ChildSpec(argv=["true"], pass_fds=[r]))
     assert info.value.field == "pass_fds"
+
+
+def test_a_new_net_namespace_has_its_loopback_up() -> None:
+    # As with Docker, podman and bwrap --unshare-net; the same whether the
+    # child is forked at once or (through a zygote) was made ahead.
+    out_r, out_w = os.pipe()
+    child = start(ChildSpec(argv=["ip", "-o", "link", "show"], new={"net"}, stdout=out_w))
+    os.close(out_w)
+    with os.fdopen(out_r) as f:
+        links = f.read().splitlines()
+    assert child.wait() == 0
+    assert len(links) == 1 and ": lo: <LOOPBACK,UP,LOWER_UP>" in links[0], links

@@ -234,20 +234,47 @@ def _wait_for_spare(zygote: Zygote, not_pid: int | None = None) -> int:
 
 def test_a_new_pid_namespace_child_is_the_spare_and_another_waits(zygote: Zygote) -> None:
     spare = _wait_for_spare(zygote)
-    assert _ns(spare, "pid") != _ns(os.getpid(), "pid")  # forked into its own pid namespace already
-    child = real_start(ChildSpec(argv=["sleep", "10"], new={"pid", "uts"}), zygote=zygote)
+    # Forked into its own pid namespace already, and it made net, ipc and uts ones.
+    for kind in ("pid", "net", "ipc", "uts"):
+        assert _ns(spare, kind) != _ns(os.getpid(), kind), kind
+    assert _ns(spare, "mnt") == _ns(zygote.pid, "mnt")  # (a mount namespace would miss later host mounts)
+    made = {kind: _ns(spare, kind) for kind in ("net", "ipc", "uts")}
+    child = real_start(ChildSpec(argv=["sleep", "10"], new={"pid", "net", "ipc", "uts"}), zygote=zygote)
     try:
         assert child.pid == spare
         with open(f"/proc/{child.pid}/comm") as f:
             assert f.read().strip() == "sleep"
+        assert {kind: _ns(child.pid, kind) for kind in made} == made  # used, not made again
         next_spare = _wait_for_spare(zygote, not_pid=spare)
         assert next_spare != child.pid
     finally:
         child.kill()
         assert child.wait() == -signal.SIGKILL
-    # A child without a new pid namespace is forked as before; the spare stays.
-    assert real_start(ChildSpec(argv=["true"], new={"uts"}), zygote=zygote).wait() == 0
+    # Children that want the host's net namespace (or no new pid namespace)
+    # are forked as before; the spare stays.
+    for new in ({"pid", "uts", "ipc"}, {"uts"}):
+        child = real_start(ChildSpec(argv=["sleep", "10"], new=new), zygote=zygote)
+        try:
+            assert child.pid != next_spare
+            assert _ns(child.pid, "net") == _ns(os.getpid(), "net")
+        finally:
+            child.kill()
+            child.wait()
     assert _spares(zygote) == [next_spare]
+
+
+def test_a_spares_loopback_is_up_and_its_namespaces_are_fresh(zygote: Zygote) -> None:
+    out_r, out_w = os.pipe()
+    child = real_start(ChildSpec(argv=["sh", "-c", "cat /sys/class/net/lo/operstate /sys/class/net/lo/flags; "
+                                       "ls /sys/class/net | wc -l; hostname"],
+                                 new={"pid", "net", "ipc", "uts", "mnt"}, hostname="spare-test", stdout=out_w),
+                       zygote=zygote)
+    os.close(out_w)
+    with os.fdopen(out_r) as f:
+        lines = f.read().split()
+    assert child.wait() == 0
+    assert int(lines[1], 16) & 1  # IFF_UP (operstate says "unknown" for lo)
+    assert lines[3] == "spare-test"
 
 
 def _ns(pid: int, kind: str) -> str:
@@ -257,7 +284,7 @@ def _ns(pid: int, kind: str) -> str:
 def test_preload_replaces_the_spare(zygote: Zygote) -> None:
     # A spare forked before a preload lacks the module: it makes way for one that has it.
     module = "xml.sax.saxutils"
-    spec = ChildSpec(target=_is_loaded, args=(module,), new={"pid"})
+    spec = ChildSpec(target=_is_loaded, args=(module,), new={"pid", "net", "ipc", "uts"})
     assert real_start(spec, zygote=zygote).result(10) is False
     zygote.preload([module])
     assert real_start(spec, zygote=zygote).result(10) is True
@@ -269,7 +296,7 @@ def test_a_dead_spare_is_replaced(zygote: Zygote) -> None:
     # (A spare killed while its request is on the way dies as a child killed
     # during its setup would: start() returns, wait() says SIGKILL.)
     _wait_until_dead(spare)
-    child = real_start(ChildSpec(argv=["true"], new={"pid"}), zygote=zygote)
+    child = real_start(ChildSpec(argv=["true"], new={"pid", "net", "ipc", "uts"}), zygote=zygote)
     assert child.pid != spare
     assert child.wait() == 0
     _wait_for_spare(zygote, not_pid=spare)
