@@ -318,11 +318,29 @@ def prune_driver_caches(st: Store) -> None:
 # -- choosing a driver -----------------------------------------------------------------------
 
 
+#: (directory, its st_dev) -> probe result: every container start selects a
+#: driver, and the answer changes only with the filesystem under the store.
+_PROBED: dict[tuple[str, int], dict[str, str | None]] = {}
+
+
 def probe_drivers(st: Store) -> dict[str, str | None]:
     """driver name -> None if usable here, else why not. Creates nothing (doctor() calls it)."""
     where = st.root
     while not os.path.exists(where) and os.path.dirname(where) != where:
         where = os.path.dirname(where)  # the filesystem the store will be created on
+    try:
+        key = (where, os.stat(where).st_dev)
+    except OSError:
+        key = (where, -1)
+    if key[1] != -1 and key in _PROBED:
+        return dict(_PROBED[key])
+    out = _probe(st, where)
+    if key[1] != -1:
+        _PROBED[key] = dict(out)
+    return out
+
+
+def _probe(st: Store, where: str) -> dict[str, str | None]:
     fstype = kfs.fs_type(where)
     out: dict[str, str | None] = {}
     out["btrfs"] = None if fstype == "btrfs" and shutil.which("btrfs") else (

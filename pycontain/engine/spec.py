@@ -24,6 +24,17 @@ _HOST_NAME_MAX = 64  # HOST_NAME_MAX, sethostname(2)
 _ID_MAP_MAX_LINES = 340  # user_namespaces(7), since Linux 4.15
 
 
+_VALID_SIGNALS: list[frozenset[int]] = []
+
+
+def _valid_signals() -> frozenset[int]:
+    """signal.valid_signals() as plain ints, once: it builds 60-odd Signals
+    enums per call (~0.25 ms), and every spec with a pdeathsig asks."""
+    if not _VALID_SIGNALS:
+        _VALID_SIGNALS.append(frozenset(int(s) for s in signal.valid_signals()))
+    return _VALID_SIGNALS[0]
+
+
 def _kinds_hint() -> str:
     return "one of " + ", ".join(NAMESPACE_KINDS)
 
@@ -233,7 +244,7 @@ class ChildSpec:
             raise InvalidArgument("pass_fds is a list of fds", field="pass_fds", value=self.pass_fds)
         put(self, "pass_fds", tuple(sorted({_check_fd(fd, "pass_fds") for fd in self.pass_fds})))
         if self.pdeathsig is not None and self.pdeathsig != 0:
-            if isinstance(self.pdeathsig, bool) or self.pdeathsig not in signal.valid_signals():
+            if isinstance(self.pdeathsig, bool) or self.pdeathsig not in _valid_signals():
                 raise InvalidArgument("not a signal", field="pdeathsig", value=self.pdeathsig)
         if self.affinity is not None:
             if isinstance(self.affinity, int):
