@@ -225,6 +225,16 @@ class _Job:
         self.reported = False  # the worker sent its exit code to the client itself
 
 
+class _Spare:
+    """A worker forked ahead of time, waiting for a command (see make_spare)."""
+
+    def __init__(self, pid: int, pidfd: int, ctl: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.ctl = ctl
+        self.ready = False
+
+
 class Server:
     """One user's CLI server on the unix socket ``path`` (see the module docstring).
 
@@ -253,6 +263,10 @@ class Server:
         self.stopping = False
         self.stale_reason = ""
         self.sel: Any = None
+        self.spare: _Spare | None = None
+        # PYCONTAIN_CLI_SERVER_SPARE=0: no worker forked ahead (for comparisons)
+        self.use_spare = os.environ.get("PYCONTAIN_CLI_SERVER_SPARE", "1") != "0"
+        self.spare_after = 0.0  # no new spare before this time.monotonic() (one died unused)
 
     # -- start ----------------------------------------------------------------
 
@@ -398,8 +412,12 @@ class Server:
         while True:
             if self.stopping:
                 self.close_listener()
+                self.drop_spare()
             if self.stopping and not self.jobs:
                 return 0
+            if (self.use_spare and self.spare is None and not self.jobs and not self.stopping
+                    and time.monotonic() >= self.spare_after):
+                self.make_spare()
             for key, _ in sel.select(tick):
                 what = key.data
                 if what == "listen" and self.listener is not None:
@@ -416,6 +434,8 @@ class Server:
                     except BlockingIOError:
                         pass
                     self.stopping = True
+                elif isinstance(what, _Spare):
+                    self.spare_event(what, key.fd)
                 elif isinstance(what, _Job):
                     if key.fd == what.pidfd:
                         self.reaped(what, sel)
@@ -483,12 +503,16 @@ class Server:
         # tear the worker down (~1.5 ms), and its end of file then is no death.
         status_r, status_w = os.pipe()
         self.fds.add(status_r)  # not the worker's (it closes self.fds)
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            _worker(self, request, fds, conn.fileno(), status_w)
+        handed = self.hand_to_spare(body, [*fds, conn.fileno(), status_w])
+        if handed is not None:
+            pid, pidfd = handed
+        else:
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns
+                _worker(request, fds, conn.fileno(), status_w, close=[fd for fd in self.fds if fd != conn.fileno()])
+            pidfd = os.pidfd_open(pid)
         _close_all([*fds, status_w])
         self.served += 1
-        pidfd = os.pidfd_open(pid)
         job = _Job(pid, pidfd, conn, request.env)
         job.status_fd = status_r
         os.set_blocking(status_r, False)
@@ -545,6 +569,90 @@ class Server:
             if 0 < signum < signal.NSIG and signum != signal.SIGKILL:
                 _kill(job.pid, signum)
 
+    # -- the spare worker ---------------------------------------------------------
+    #
+    # A worker forked from the server pays, while it runs the command, a
+    # copy-on-write page fault for each page of the server's heap it touches
+    # (reference counts are writes): ~7 ms of a `pycontain run` here. So one
+    # worker is forked ahead of time, touches the heap while nothing runs, and
+    # waits for a command on a socket pair; the next command goes to it.
+
+    def make_spare(self) -> None:
+        import selectors
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the spare: never returns
+            _spare(list(self.fds | {ours.fileno()}), theirs.fileno())
+        theirs.close()
+        spare = _Spare(pid, os.pidfd_open(pid), ours)
+        self.fds.update((ours.fileno(), spare.pidfd))
+        self.sel.register(ours, selectors.EVENT_READ, spare)
+        self.sel.register(spare.pidfd, selectors.EVENT_READ, spare)
+        self.spare = spare
+
+    def spare_event(self, spare: _Spare, fd: int) -> None:
+        """The spare is ready (a byte on its socket), or it died."""
+        if fd == spare.ctl.fileno():
+            try:
+                data = spare.ctl.recv(16)
+            except OSError:
+                data = b""
+            if data:
+                spare.ready = True
+                return
+        # End of file or exit: it died unused. Try again later, not in a loop.
+        self.spare_after = time.monotonic() + 5.0
+        self.drop_spare()
+
+    def drop_spare(self) -> None:
+        import signal
+
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return
+        self._forget_spare(spare)
+        _kill(spare.pid, signal.SIGKILL)
+        try:
+            os.waitpid(spare.pid, 0)
+        except ChildProcessError:
+            pass
+        self.fds.discard(spare.pidfd)
+        os.close(spare.pidfd)
+
+    def _forget_spare(self, spare: _Spare) -> None:
+        for f in (spare.ctl, spare.pidfd):
+            try:
+                self.sel.unregister(f)
+            except (KeyError, ValueError):
+                pass
+        self.fds.discard(spare.ctl.fileno())
+        spare.ctl.close()
+
+    def hand_to_spare(self, body: bytes, fds: list[int]) -> tuple[int, int] | None:
+        """Give the run request ``body`` and its fds (cwd, stdio, connection,
+        status pipe) to the ready spare; its (pid, pidfd), or None (no spare)."""
+        import socket
+
+        spare = self.spare
+        if spare is None or not spare.ready:
+            return None
+        self.spare = None
+        frame = encode_frame(b"R", body)
+        try:
+            spare.ctl.settimeout(2.0)
+            sent = spare.ctl.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+            if sent < len(frame):
+                spare.ctl.sendall(frame[sent:])
+        except OSError:
+            self.spare = spare
+            self.drop_spare()
+            return None
+        self._forget_spare(spare)
+        return spare.pid, spare.pidfd
+
     def read_status(self, job: _Job, sel: Any) -> None:
         """The worker's word that it told the client its exit code."""
         if job.status_fd < 0:
@@ -575,6 +683,9 @@ class Server:
         self.fds.discard(job.pidfd)
         os.close(job.pidfd)
         del self.jobs[job.pidfd]
+        # The next spare (its fork, and its heap walk: ~20 ms of CPU) waits a
+        # moment: not on the CPU while this client and its caller finish.
+        self.spare_after = max(self.spare_after, time.monotonic() + 0.05)
         if job.conn is not None:
             sel.unregister(job.conn)
             if not job.reported:
@@ -631,7 +742,8 @@ class Server:
 
         return (f"pid {os.getpid()}\nsocket {self.path}\nversion {__version__}\npython {sys.executable}\n"
                 f"uptime_s {time.time() - self.started:.0f}\nserved {self.served}\nrunning {len(self.conns)}\n"
-                f"idle_timeout_s {self.idle_s:g}\nmodules {len(self.sources)}\n")
+                f"idle_timeout_s {self.idle_s:g}\nmodules {len(self.sources)}\n"
+                f"spare {'ready' if self.spare is not None and self.spare.ready else 'none'}\n")
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -649,23 +761,75 @@ def _close_all(fds: Any) -> None:
             pass
 
 
-def _worker(server: Server, request: Request, fds: list[int], conn_fd: int, status_fd: int) -> None:
-    """The forked worker: become the client's process (cwd, umask, stdio,
+def _reset_signals() -> None:
+    """Signal dispositions of a fresh interpreter (the server's are its own)."""
+    import signal
+
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _spare(server_fds: list[int], ctl_fd: int) -> None:
+    """The spare worker: drop the server's fds, touch the heap, say ready,
+    wait for a run request, then be its worker. Never returns."""
+    code = 1
+    try:
+        _reset_signals()
+        _close_all(server_fds)
+        _touch_heap()
+        os.write(ctl_fd, b"r")
+        import socket
+
+        ctl = socket.socket(fileno=ctl_fd)
+        msg, ancdata, _flags, _addr = ctl.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
+        fds: list[int] = []
+        for level, type_, data in ancdata:
+            if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4))
+        if not msg or len(fds) < 3:
+            code = 0  # the server let us go
+            return
+        kind, n = parse_header(msg[:HEADER])
+        body = msg[HEADER:]
+        if len(body) < n:
+            body += _recv_exact(ctl, n - len(body))
+        ctl.close()
+        request = Request(body)
+        _worker(request, fds[:-2], fds[-2], fds[-1], close=())
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)
+
+
+def _touch_heap() -> None:
+    """Write to (nearly) every object of the heap inherited from the server,
+    so its pages are this process's own before a command runs (a reference
+    count going up and down is a write: the copy-on-write fault happens now)."""
+    import gc
+
+    gc.unfreeze()
+    for obj in gc.get_objects():
+        for _ in gc.get_referents(obj):
+            pass
+    gc.freeze()
+
+
+def _worker(request: Request, fds: list[int], conn_fd: int, status_fd: int, close: Any = ()) -> None:
+    """The worker: become the client's process (cwd, umask, stdio,
     environment, default signal dispositions), run the CLI, exit with its code.
+    ``fds``: the client's cwd then its stdio; ``close``: the server's fds (a
+    worker has no business with the listener, the lock, other clients'
+    connections, and a detached container forked from it must not keep
+    them; the objects that own them are never finalized: os._exit below).
     Never returns into the server's loop."""
     code = 1
     try:
-        import signal
-
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # The server's fds (listener, lock, other clients' connections and
-        # pidfds): a worker has no business with them, and a detached
-        # container forked from it must not keep the lock or the socket. The
-        # objects that own them are never finalized (os._exit below).
-        _close_all(fd for fd in server.fds if fd != conn_fd)
+        _reset_signals()
+        _close_all(close)
         os.fchdir(fds[0])
         os.umask(request.umask)
         for fd, target in zip(fds[1:], request.stdio):
@@ -731,6 +895,14 @@ def _finish(code: Any, conn_fd: int, status_fd: int) -> None:
                 if s is not None:
                     s.flush()
             except (OSError, ValueError):
+                pass
+        # Close the client's stdio now: a reader of its pipes (`$(pycontain
+        # run ...)`, subprocess) sees end of file at once, not after the
+        # kernel has torn this process down.
+        for fd in (0, 1, 2):
+            try:
+                os.close(fd)
+            except OSError:
                 pass
         os.write(status_fd, b"%d" % code)
         os.write(conn_fd, encode_frame(b"X", b"%d" % code))
