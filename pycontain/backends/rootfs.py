@@ -428,7 +428,10 @@ class _Root:
     fd, checked to be the filesystem just mounted there, and kept open as an
     anchor; everything below it (procfs, sysfs, and tmpfs mounts that exist
     only in our private mount namespace) is addressed as
-    ``/proc/self/fd/<anchor>/...``, which no one else can redirect.
+    ``/proc/self/fd/<anchor>/...`` (:meth:`p`), which no one else can
+    redirect, or, as the target of the very next system call, relative to
+    the anchor made the working directory (:meth:`here`: fchdir(2) to the
+    anchor's fd; the same directory, without a walk through /proc each time).
     """
 
     def __init__(self, path: str, fd: int) -> None:
@@ -437,6 +440,7 @@ class _Root:
         self.anchors: dict[str, int] = {}
         self.bases: dict[str, str] = {}  # name -> /proc/self/fd/<anchor>
         self.dev = os.fstat(fd).st_dev
+        self.cwd: str | None = None  # the anchor that is the working directory
 
     def anchor(self, name: str) -> None:
         fd = _open_in_root(self.fd, name, os.O_DIRECTORY)
@@ -460,12 +464,22 @@ class _Root:
         base = self.bases[top]
         return f"{base}/{rest}" if rest else base
 
+    def here(self, rel: str) -> str:
+        """``rel`` relative to its anchor, made the working directory: valid
+        only until the next call of this method (use it for one system call)."""
+        top, _, rest = rel.strip("/").partition("/")
+        if self.cwd != top:
+            os.fchdir(self.anchors[top])
+            self.cwd = top
+        return rest or "."
+
     def mount(self, source: str | None, rel: str, fstype: str | None, flags: int = 0,
               data: str | None = None) -> None:
-        _mount(source, self.p(rel), fstype, flags, data, what="/" + rel.strip("/"))
+        """mount(2) on ``rel``; a ``source`` path must be absolute (:meth:`p`)."""
+        _mount(source, self.here(rel), fstype, flags, data, what="/" + rel.strip("/"))
 
     def setattr(self, rel: str, attrs: int, recursive: bool = False) -> None:
-        fd = os.open(self.p(rel), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(self.here(rel), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             syscalls.mount_setattr(fd, attrs, recursive=recursive)
         finally:
@@ -473,7 +487,7 @@ class _Root:
 
     def lstat(self, rel: str) -> os.stat_result | None:
         try:
-            return os.lstat(self.p(rel))
+            return os.lstat(self.here(rel))
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -510,15 +524,15 @@ def _mount_dev(r: _Root, dev_fd: int) -> None:
     for name in DEVICES:
         # An empty regular file to bind over (mknod(2) of S_IFREG: one call
         # instead of open+close, no privilege, EEXIST like O_EXCL).
-        os.mknod(r.p(f"dev/{name}"), stat.S_IFREG | 0o666)
+        os.mknod(r.here(f"dev/{name}"), stat.S_IFREG | 0o666)
         r.mount(f"/dev/{name}", f"dev/{name}", None, C.MS_BIND)  # the host's node: a trusted source
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
-        os.mkdir(r.p(f"dev/{name}"), mode)
+        os.mkdir(r.here(f"dev/{name}"), mode)
     r.mount("devpts", "dev/pts", "devpts", C.MS_NOSUID | C.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     r.mount("shm", "dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
     r.mount("mqueue", "dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
     for name, link in _DEV_LINKS:
-        os.symlink(link, r.p(f"dev/{name}"))
+        os.symlink(link, r.here(f"dev/{name}"))
 
 
 # Inode numbers of the initial namespaces (include/linux/proc_ns.h): fixed,
@@ -578,7 +592,7 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
             continue
         rel = m.mount_point.lstrip("/")
         if m.mount_point != "/sys/fs/cgroup":
-            _make_dir(r.p(rel))  # inside our own tmpfs
+            _make_dir(r.here(rel))  # inside our own tmpfs
         if mode == "namespace":
             if m.fstype == "cgroup2":
                 r.mount("cgroup2", rel, "cgroup2", ro)
@@ -618,7 +632,8 @@ def _mask(r: _Root, path: str) -> None:
 def _read_only(r: _Root, path: str) -> None:
     if r.lstat(path) is None:
         return
-    r.mount(r.p(path), path, None, C.MS_BIND | C.MS_REC)
+    where = r.here(path)
+    _mount(where, where, None, C.MS_BIND | C.MS_REC, what=path)  # onto itself, in the anchor's tree
     r.setattr(path, _ATTR_LOCKDOWN, recursive=True)
 
 
