@@ -1106,7 +1106,8 @@ class _ChildSetup:
             volumes.append((self.hosts_path, "/etc/hosts", True))
             files = {}
         self.plan = rootfs.RootfsPlan(self.root_target, mount_rootfs=self._mount_at, read_only=self.config.read_only,
-                                      volumes=tuple(volumes), files=files)
+                                      volumes=tuple(volumes), files=files,
+                                      host_cgroups=rootfs.host_cgroup_mounts())
 
     def _mount_at(self, _target: str) -> None:
         self.mount_root()

@@ -43,7 +43,7 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 from pycontain.kernel import constants as C
@@ -197,6 +197,9 @@ class RootfsPlan:
         files: container path -> text, bound over (or created at) that path
             from the container's private /dev tmpfs, e.g. ``/etc/hosts``;
             the image's file is shadowed, never written.
+        host_cgroups: :func:`host_cgroup_mounts` read by the caller; the
+            child checks they are still mounted so (else reads mountinfo).
+            None: the child reads mountinfo.
     """
 
     rootfs: str
@@ -208,6 +211,7 @@ class RootfsPlan:
     cgroup: str = "auto"
     nodev: bool = True
     files: Mapping[str, str] = field(default_factory=dict)
+    host_cgroups: tuple[CgroupMount, ...] | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -253,6 +257,10 @@ class RootfsPlan:
                 raise InvalidArgument("file content is text", field=f"files[{dest}]", value=text)
             files[dest] = text
         put(self, "files", files)
+        if self.host_cgroups is not None and not (isinstance(self.host_cgroups, tuple) and all(
+                isinstance(m, CgroupMount) for m in self.host_cgroups)):
+            raise InvalidArgument("host_cgroups comes from host_cgroup_mounts()", field="host_cgroups",
+                                  value=self.host_cgroups)
         for name in ("read_only", "nodev"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(f"{name} is True or False", field=name, value=getattr(self, name))
@@ -549,11 +557,55 @@ def _in_user_namespace() -> bool:
     return proc.namespace_id("self", "user").inode != _PROC_USER_INIT_INO
 
 
-def _cgroup_mounts() -> list[proc.MountInfo]:
-    # Read now, not handed over by the caller: net_cls/net_prio may have been
-    # mounted since (on demand), and a stale list would hide them.
-    return [m for m in proc.mountinfo("self", fstypes=("cgroup", "cgroup2"))
-            if _is_under(m.mount_point, "/sys/fs/cgroup")]
+class CgroupMount(NamedTuple):
+    """A cgroup hierarchy mounted below /sys/fs/cgroup (a mountinfo line's parts)."""
+
+    mount_point: str
+    fstype: str
+    root: str
+    super_options: tuple[str, ...]
+    dev: int  # st_dev of the files on it
+
+
+def host_cgroup_mounts() -> tuple[CgroupMount, ...]:
+    """The cgroup hierarchies mounted below /sys/fs/cgroup, from mountinfo
+    now: what a :class:`RootfsPlan` made in the caller hands to the child
+    (``host_cgroups``), which checks it is still so instead of reading it."""
+    return tuple(CgroupMount(m.mount_point, m.fstype, m.root, m.super_options, os.makedev(m.major, m.minor))
+                 for m in proc.mountinfo("self", fstypes=("cgroup", "cgroup2"))
+                 if _is_under(m.mount_point, "/sys/fs/cgroup"))
+
+
+def _cgroup_mounts(given: tuple[CgroupMount, ...] | None) -> tuple[CgroupMount, ...]:
+    if given is not None and _still_mounted(given):
+        return given
+    return host_cgroup_mounts()
+
+
+def _still_mounted(mounts: tuple[CgroupMount, ...]) -> bool:
+    """Whether the caller's list is what this mount namespace has: each mount
+    point still on its filesystem, and no other directory below
+    /sys/fs/cgroup (a hierarchy mounted since, e.g. net_cls/net_prio on
+    demand, or in a mount namespace joined since, has one). Far cheaper in
+    the child than reading and parsing mountinfo."""
+    base = "/sys/fs/cgroup"
+    below = set()
+    for m in mounts:
+        if m.mount_point != base:
+            if posixpath.dirname(m.mount_point) != base:
+                return False
+            below.add(m.mount_point[len(base) + 1:])
+    try:
+        for m in mounts:
+            if os.stat(m.mount_point).st_dev != m.dev:
+                return False
+        if len(below) == len(mounts):  # not cgroup2 at base: a tmpfs of hierarchies (or nothing)
+            with os.scandir(base) as entries:
+                if {e.name for e in entries if e.is_dir(follow_symlinks=False)} != below:
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 def _make_dir(path: str) -> None:
@@ -567,7 +619,7 @@ def _make_dir(path: str) -> None:
         os.makedirs(path, 0o755, exist_ok=True)
 
 
-def _mount_cgroup(r: _Root, mode: str) -> None:
+def _mount_cgroup(r: _Root, mode: str, given: tuple[CgroupMount, ...] | None = None) -> None:
     base = "sys/fs/cgroup"
     st = r.lstat(base)
     if st is None or not stat.S_ISDIR(st.st_mode):
@@ -575,7 +627,7 @@ def _mount_cgroup(r: _Root, mode: str) -> None:
     if mode == "auto":
         mode = "namespace" if _in_own_cgroup_namespace() else "own"
     ro = C.MS_RDONLY | _NOSUID_NODEV_NOEXEC
-    mounts = [] if mode == "empty" else _cgroup_mounts()
+    mounts = () if mode == "empty" else _cgroup_mounts(given)
     pure_v2 = any(m.mount_point == "/sys/fs/cgroup" for m in mounts)
     if not pure_v2:
         r.mount("tmpfs", base, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k")
@@ -713,7 +765,7 @@ def enter_rootfs(plan: RootfsPlan | str, *, mount_root: Callable[[], None] | Non
                        what="/sys")
                 r.anchor("sys")
                 _mount_files(r, plan.files)
-                _mount_cgroup(r, plan.cgroup)
+                _mount_cgroup(r, plan.cgroup, plan.host_cgroups)
                 # 5. Docker's masked and read-only paths.
                 for path in plan.masked_paths:
                     _mask(r, path)

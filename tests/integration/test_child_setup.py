@@ -60,3 +60,30 @@ def test_capability_sets_are_docker_s_and_nothing_is_inherited() -> None:
         assert int(st[key], 16) == want, key
     assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
     assert st["NoNewPrivs"].strip() == "1" and st["Seccomp"].strip() == "2"
+
+
+def _cgroup_points_inside(tmp_path, host_cgroups) -> list[str]:
+    from tests.integration.containment import make_busybox_rootfs, run_script
+
+    root = make_busybox_rootfs(str(tmp_path / "rootfs"))
+    run = run_script(root, "cat /proc/self/mountinfo", plan={"host_cgroups": host_cgroups})
+    assert run.returncode == 0, run.output
+    return sorted(m.mount_point for m in parse_mountinfo(run.output) if m.fstype in ("cgroup", "cgroup2"))
+
+
+def test_a_stale_cgroup_list_from_the_caller_is_not_used(tmp_path) -> None:
+    # The caller's list saves the child reading mountinfo; a hierarchy
+    # mounted (or gone) since must not be missed (or mounted afresh).
+    from pycontain.backends.rootfs import host_cgroup_mounts
+
+    now = host_cgroup_mounts()
+    if len(now) < 2:
+        import pytest
+
+        pytest.skip("needs a host with several cgroup hierarchies (v1)")
+    want = _cgroup_points_inside(tmp_path / "a", None)
+    assert len(want) == len(now)
+    assert _cgroup_points_inside(tmp_path / "b", now) == want
+    assert _cgroup_points_inside(tmp_path / "c", now[:-1]) == want  # one mounted since
+    moved = (now[0]._replace(dev=now[0].dev + 1000), *now[1:])  # another filesystem there now
+    assert _cgroup_points_inside(tmp_path / "d", moved) == want

@@ -57,3 +57,16 @@ def test_confinement_mask_follows_its_caps() -> None:
     assert dataclasses.replace(c, caps=("CAP_CHOWN",)).cap_mask == 1
     assert dataclasses.replace(c, workdir="/tmp").cap_mask == c.cap_mask
     assert pickle.loads(pickle.dumps(c)).cap_mask == c.cap_mask
+
+
+def test_the_caller_s_cgroup_list_is_checked_against_the_mounts() -> None:
+    from pycontain.backends import rootfs
+
+    now = rootfs.host_cgroup_mounts()
+    assert rootfs._still_mounted(now)
+    if now:
+        assert not rootfs._still_mounted(now[:-1])  # one more there than listed
+        assert not rootfs._still_mounted((now[0]._replace(dev=now[0].dev + 1000), *now[1:]))
+        gone = rootfs.CgroupMount("/sys/fs/cgroup/pycontain-none", "cgroup", "/", ("rw",), now[0].dev)
+        assert not rootfs._still_mounted((*now, gone))
+    assert not rootfs._still_mounted((rootfs.CgroupMount("/sys/fs/cgroup/a/b", "cgroup", "/", (), 0),))
