@@ -10,6 +10,17 @@ The mount uses ``index=off,metacopy=off,redirect_dir=off`` so the upper dir
 holds only plain entries, overlay whiteouts (char 0/0) and opaque markers:
 exactly what an OCI layer can express, which makes ``diff`` and ``commit`` a
 walk of the upper dir (overlayfs(5)). See :mod:`storage_driver` for the protocol.
+
+It is also ``volatile`` (Linux 5.10+): overlayfs then skips every sync,
+including the one at unmount, which otherwise syncs the whole filesystem
+under the upper dir when the container's last process exits (~5 ms on this
+host's ext4, against ~1.5 ms, and more with other writers busy). The
+option was made for this use (kernel commit c86243b090bc: a container's
+writable layer is thrown away if the node goes down, and so is ours: the
+state lives in /run, and garbage collection removes layers of containers
+whose creator is gone). ``fsync`` in the container still reaches volumes,
+which are mounts of their own; ``commit()`` writes its layer to the store
+from the host side.
 """
 
 from __future__ import annotations
@@ -93,7 +104,7 @@ class OverlayDriver:
             return _escape(x)
 
         return (f"lowerdir={':'.join(p(x) for x in lowers)},upperdir={_escape(upper)},workdir={_escape(work)},"
-                "index=off,metacopy=off,redirect_dir=off")
+                "index=off,metacopy=off,redirect_dir=off" + (",volatile" if _has_volatile() else ""))
 
     def diff(self, plan: sd.RootfsPlan) -> list[sd.Change]:
         return upper_changes(plan.rootfs, plan.lowers)
@@ -107,8 +118,17 @@ class OverlayDriver:
         sd.unregister(self.store, plan.owner)
         # What prepare() made, and overlayfs' own work/work; an upper dir with
         # files in it sends remove_dir to a full walk.
-        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/", "work/", "upper/", "empty/",
-                                           "host-empty/", "host/"))
+        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/", "work/incompat/volatile/",
+                                           "work/incompat/", "work/", "upper/", "empty/", "host-empty/", "host/"))
+
+
+def _has_volatile() -> bool:
+    """Whether this kernel's overlayfs knows ``volatile`` (Linux 5.10)."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 10)
 
 
 def exists_below(lowers: Sequence[str], parts: list[str]) -> bool:

@@ -334,3 +334,13 @@ def test_remove_keeps_the_standing_parent_cgroup() -> None:
     parents = [os.path.dirname(p.rsplit("/", 1)[0]) for p in cg.procs_files]
     cg.remove()
     assert not any(os.path.exists(p) for p in parents)
+
+
+def test_root_overlay_is_volatile() -> None:
+    # No sync of the host's filesystem when the container's last process
+    # exits (see storage_overlay); the writable layer is thrown away anyway.
+    r = sh("awk '$5 == \"/\" {print}' /proc/self/mountinfo")
+    root = r.stdout.strip().splitlines()[-1]
+    fstype, _source, options = root.split(" - ")[1].split()
+    assert fstype == "overlay"
+    assert "volatile" in options.split(","), options
