@@ -384,7 +384,7 @@ def _checked_target(root: str, fd: int, destination: str, source_is_dir: bool) -
         if landed == "/":
             raise InvalidArgument("volume destination resolves to the container's /",
                                   field="volumes.destination", value=destination)
-        if stat.S_ISDIR(os.stat(proc.fd_path(fd)).st_mode) != source_is_dir:
+        if stat.S_ISDIR(os.fstat(fd).st_mode) != source_is_dir:
             raise InvalidArgument("volume source and destination differ in kind (file vs directory)",
                                   field="volumes.destination", value=destination)
     except BaseException:
@@ -513,7 +513,8 @@ def _mount_files(r: _Root, files: Mapping[str, str]) -> None:
     """Bind each text over its container path, from a file on our /dev tmpfs
     that is unlinked at once (the mount keeps it; nothing shows in /dev)."""
     for i, (dest, text) in enumerate(files.items()):
-        staging = r.p(f"dev/.pycontain-file-{i}")
+        # Relative to /dev made the working directory: nothing below changes it.
+        staging = r.here(f"dev/.pycontain-file-{i}")
         _write_new(staging, 0o644, text.encode())
         try:
             target = _mount_target(r.fd, r.path, dest, source_is_dir=False)
