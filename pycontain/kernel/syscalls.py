@@ -11,10 +11,8 @@ so pycontain calls them only in single-threaded children (DESIGN.md §3).
 
 from __future__ import annotations
 
-import _socket  # (not socket, ~3 ms): interface_up runs in a container's setup, after the fork
 import ctypes
 import errno
-import fcntl
 import os
 import sys
 from collections.abc import Iterable
@@ -318,28 +316,43 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _IFNAMSIZ = 16
+_IFREQ_SIZE = 40  # sizeof(struct ifreq) on 64-bit Linux
+_AF_INET = 2
+_SOCK_DGRAM = 2
+_SOCK_CLOEXEC = 0o2000000
+_Ifreq = ctypes.c_char * _IFREQ_SIZE
+_c_socket = _libc.socket
+_c_socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+_c_ioctl = _libc.ioctl
+_c_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
 def interface_up(name: str = "lo") -> None:
     """Bring interface ``name`` up in the caller's network namespace.
 
-    Uses the SIOCSIFFLAGS ioctl (netdevice(7)) rather than netlink: inside a
-    container's setup this is one system call and needs no library.
+    Uses the SIOCGIFFLAGS/SIOCSIFFLAGS ioctls (netdevice(7)) rather than
+    netlink: inside a container's setup these are two system calls on a
+    datagram socket and need no library (nor the socket module, whose
+    first use in a fresh child costs more than the calls).
     """
     raw = name.encode()
-    if not raw or len(raw) >= 16 or b"\0" in raw:
+    if not raw or len(raw) >= _IFNAMSIZ or b"\0" in raw:
         raise InvalidArgument("invalid interface name", field="interface", value=name)
-    # struct ifreq: the name in 16 bytes, then ifr_flags (a short) in a 24-byte union.
-    ifreq = raw.ljust(_IFNAMSIZ, b"\0") + bytes(24)
-    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    fd = _c_socket(_AF_INET, _SOCK_DGRAM | _SOCK_CLOEXEC, 0)
+    if fd == -1:
+        _check(-1, "socket", detail="AF_INET, SOCK_DGRAM")
     try:
-        got = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq)
-        flags = int.from_bytes(got[_IFNAMSIZ:_IFNAMSIZ + 2], sys.byteorder) | _IFF_UP
-        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, got[:_IFNAMSIZ] + flags.to_bytes(2, sys.byteorder) + got[_IFNAMSIZ + 2:])
-    except OSError as e:
-        raise kernel_error("ioctl(SIOCSIFFLAGS)", e.errno or 0, path=name) from None
+        # struct ifreq: the name in 16 bytes, then ifr_flags (a short) in a 24-byte union.
+        ifreq = _Ifreq()
+        ifreq.raw = raw.ljust(_IFNAMSIZ, b"\0") + bytes(_IFREQ_SIZE - _IFNAMSIZ)
+        if _c_ioctl(fd, _SIOCGIFFLAGS, ifreq) == -1:
+            _check(-1, "ioctl(SIOCGIFFLAGS)", path=name)
+        flags = int.from_bytes(ifreq.raw[_IFNAMSIZ:_IFNAMSIZ + 2], sys.byteorder) | _IFF_UP
+        ctypes.memmove(ctypes.addressof(ifreq) + _IFNAMSIZ, flags.to_bytes(2, sys.byteorder), 2)
+        if _c_ioctl(fd, _SIOCSIFFLAGS, ifreq) == -1:
+            _check(-1, "ioctl(SIOCSIFFLAGS)", path=name)
     finally:
-        s.close()
+        os.close(fd)
 
 
 # -- seccomp and safe path resolution (rootfs/hardening backends) -------------------
