@@ -196,6 +196,13 @@ class CliServer:
         import signal
         import time
 
+        from pycontain.cli import server
+
+        for path in server.server_sockets(self.sockdir):
+            answer = server.ask(path, b"S", timeout=2)
+            if answer is not None:
+                served = [line for line in answer[1].splitlines() if line.startswith("served ")]
+                print(f"note: the warm CLI server {answer[0]} {' '.join(served)} commands", file=sys.stderr)
         self.ws.run([self.command, "server", "stop"], env=self.env(), check=False)
         deadline = time.monotonic() + 10
         for pid in self.pids:

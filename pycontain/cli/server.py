@@ -20,7 +20,9 @@ byte, the payload length as 8 hex digits, the payload):
 * client -> server ``S``: status; ``Q``: stop (answered with ``T`` text).
 * server -> client ``X``: the worker's exit: a code, or ``-N`` when signal N
   killed it. ``N``: refused (nothing ran; the client runs the command
-  in-process), e.g. when pycontain's source changed since the server started.
+  in-process), e.g. when pycontain's source changed since the server started;
+  the payload starts with ``restart`` (the server is going: the client starts
+  a fresh one after its command) or ``keep`` (it is not: start none).
 
 Why it is safe: the socket lives in a directory only its uid can enter
 (0700, checked), the server accepts only peers of its own uid
@@ -76,6 +78,17 @@ WARM_MODULES = (
     "pycontain.kernel.syscalls", "pycontain.kernel.proc", "pycontain.kernel.cgroupfs",
     "pycontain.kernel.nsfs", "pycontain.kernel.fs", "pycontain.kernel.constants",
     "pickle", "select", "traceback", "tempfile", "random", "hashlib", "json",
+)
+
+#: Per-process caches every ``run`` fills, filled once here and inherited by
+#: each worker: host facts and pure results that no client's environment
+#: changes (validation regexes, the signal set, the cgroup mounts, the default
+#: seccomp program for the default capabilities: ~2 ms of a first run).
+WARM_CALLS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("pycontain.container_config", "make_config", {"image": "host", "command": ["/bin/true"], "name": "warm-up"}),
+    ("pycontain.engine.spec", "_valid_signals", {}),
+    ("pycontain.container_gc", "_cgroup_roots", {}),
+    ("pycontain.backends.hardening", "prepare", {}),
 )
 
 HEADER = 9  # kind byte + 8 hex digits of length
@@ -253,6 +266,7 @@ class Server:
         self.idle_s = max(0.1, idle_s)
         self.started = time.time()
         self.served = 0
+        self.by_spare = 0  # of which a spare worker ran
         self.jobs: dict[int, _Job] = {}  # by pidfd
         self.conns: dict[int, _Job] = {}  # by connection fd
         self.fds: set[int] = set()  # every fd of the server: closed in each worker
@@ -263,6 +277,7 @@ class Server:
         self.stopping = False
         self.stale_reason = ""
         self.sel: Any = None
+        self.namespaces: dict[str, Any] = {}
         self.spare: _Spare | None = None
         # PYCONTAIN_CLI_SERVER_SPARE=0: no worker forked ahead (for comparisons)
         self.use_spare = os.environ.get("PYCONTAIN_CLI_SERVER_SPARE", "1") != "0"
@@ -282,6 +297,11 @@ class Server:
                 importlib.import_module(name)
             except Exception:  # a renamed module: a slower worker, not a broken one
                 continue
+        for modname, function, kwargs in WARM_CALLS:
+            try:
+                getattr(importlib.import_module(modname), function)(**kwargs)
+            except Exception:  # a speed-up, not a contract
+                continue
         self.sources = []
         for name, module in list(sys.modules.items()):
             if name != "pycontain" and not name.startswith("pycontain."):
@@ -295,6 +315,16 @@ class Server:
                 continue
         gc.collect()
         gc.freeze()
+
+    def other_namespaces(self, pid: int) -> bool:
+        """Whether process ``pid`` lives in namespaces other than ours (or is gone)."""
+        from pycontain.errors import PycontainError
+        from pycontain.kernel import proc
+
+        try:
+            return proc.namespace_ids(pid) != self.namespaces
+        except (PycontainError, OSError):
+            return True
 
     def stale(self) -> str:
         """Why the loaded code is no longer what is on disk; "" when it still is."""
@@ -367,7 +397,7 @@ class Server:
                 conn, _ = self.listener.accept()
             except OSError:
                 break
-            self._refuse(conn, "the CLI server is stopping")
+            self._refuse(conn, "the CLI server is stopping", restart=True)
         self.fds.discard(self.listener.fileno())
         self.listener.close()
         self.listener = None
@@ -393,6 +423,9 @@ class Server:
                     os.dup2(null, fd)
                     os.close(null)
         self.warm_up()
+        from pycontain.kernel import proc
+
+        self.namespaces = proc.namespace_ids("self")
         if not self.bind():
             return 0
         assert self.listener is not None
@@ -415,10 +448,14 @@ class Server:
                 self.drop_spare()
             if self.stopping and not self.jobs:
                 return 0
-            if (self.use_spare and self.spare is None and not self.jobs and not self.stopping
-                    and time.monotonic() >= self.spare_after):
-                self.make_spare()
-            for key, _ in sel.select(tick):
+            timeout = tick
+            if self.use_spare and self.spare is None and not self.jobs and not self.stopping:
+                wait = self.spare_after - time.monotonic()
+                if wait <= 0:
+                    self.make_spare()
+                else:
+                    timeout = min(timeout, wait)
+            for key, _ in sel.select(timeout):
                 what = key.data
                 if what == "listen" and self.listener is not None:
                     try:
@@ -454,9 +491,14 @@ class Server:
 
         conn.settimeout(5.0)  # a client sends its request at once; never hang the loop on one
         try:
-            _pid, uid = _peer_uid(conn)
+            peer, uid = _peer_uid(conn)
             if uid != os.geteuid():
                 self._refuse(conn, f"uid {uid} is not the server's uid {os.geteuid()}")
+                return
+            if peer <= 0 or self.other_namespaces(peer):
+                # A worker runs in the server's namespaces: a client in a
+                # container or another mount namespace must run in its own.
+                self._refuse(conn, "the client's namespaces are not the server's")
                 return
             why = self.stale()
             if why:
@@ -464,7 +506,7 @@ class Server:
                 # released first), then send this client to run in-process.
                 self.stopping = True
                 self.close_listener()
-                self._refuse(conn, why)
+                self._refuse(conn, why, restart=True)
                 return
             header, fds = self._recv_fds(conn)
             kind, n = parse_header(header[:HEADER]) if len(header) >= HEADER else parse_header(
@@ -506,6 +548,7 @@ class Server:
         handed = self.hand_to_spare(body, [*fds, conn.fileno(), status_w])
         if handed is not None:
             pid, pidfd = handed
+            self.by_spare += 1
         else:
             pid = os.fork()
             if pid == 0:  # the worker: never returns
@@ -733,15 +776,20 @@ class Server:
         except OSError:
             pass
 
-    def _refuse(self, conn: socket.socket, why: str) -> None:
-        self._reply(conn, b"N", why.encode("utf-8", "replace"))
+    def _refuse(self, conn: socket.socket, why: str, restart: bool = False) -> None:
+        """Send the client to run in-process; with ``restart``, it starts a
+        fresh server after (this one is going: stale or stopping). Not
+        otherwise: another uid's or another namespace's server would only
+        fight this one for the socket."""
+        self._reply(conn, b"N", (b"restart " if restart else b"keep ") + why.encode("utf-8", "replace"))
         conn.close()
 
     def status_text(self) -> str:
         from pycontain import __version__
 
         return (f"pid {os.getpid()}\nsocket {self.path}\nversion {__version__}\npython {sys.executable}\n"
-                f"uptime_s {time.time() - self.started:.0f}\nserved {self.served}\nrunning {len(self.conns)}\n"
+                f"uptime_s {time.time() - self.started:.0f}\nserved {self.served}\nby_spare {self.by_spare}\n"
+                f"running {len(self.conns)}\n"
                 f"idle_timeout_s {self.idle_s:g}\nmodules {len(self.sources)}\n"
                 f"spare {'ready' if self.spare is not None and self.spare.ready else 'none'}\n")
 

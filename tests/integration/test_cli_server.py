@@ -165,13 +165,21 @@ def test_first_run_starts_a_server_that_serves_the_next(cli: Cli) -> None:
     assert status["served"] == "0"
     st = os.lstat(cli.sockdir)
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    _wait_for(lambda: dict(cli.servers())[pid]["spare"] == "ready", what="a spare worker")
     fds_before = _fd_kinds(pid)
     r = cli.run("run", "--rm", "host", "sh", "-c", "echo second; exit 4")
     assert (r.returncode, r.stdout, r.stderr) == (4, "second\n", "")
     after = dict(cli.servers())[pid]
     assert after["served"] == "1"  # it ran in the server, not in-process
+    assert after["by_spare"] == "1"  # in the worker forked ahead
+    # and the next spare is ready soon after
+    _wait_for(lambda: dict(cli.servers())[pid]["spare"] == "ready", timeout=5, what="the next spare")
+    r = cli.run("run", "--rm", "host", "sh", "-c", "echo third")
+    assert (r.returncode, r.stdout) == (0, "third\n")
+    assert dict(cli.servers())[pid]["by_spare"] == "2"
     # the server kept none of the client's fds (pipes, cwd, connection)
-    _wait_for(lambda: _fd_kinds(pid) == fds_before, timeout=5, what="the server's fds")
+    _wait_for(lambda: _fd_kinds(pid) == fds_before, timeout=5,
+              what=f"the server's fds: {fds_before} before, {_fd_kinds(pid)} now")
     assert not [k for k in fds_before if k.startswith("pipe") or os.path.isdir(k)]
     assert cli.run("ps", "-a", "-q").stdout == ""
 
@@ -371,6 +379,24 @@ def test_another_uid_is_refused(cli: Cli) -> None:
     os.chmod(cli.base, 0o700)
     assert os.waitstatus_to_exitcode(status) == 0, answer
     assert answer.startswith("(b'N'") and "uid 65534" in answer, answer
+
+
+def test_a_client_in_another_mount_namespace_runs_in_process(cli: Cli) -> None:
+    pid = cli.start()
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1)")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", *command(
+        "run", "--rm", "host", "sh", "-c", "echo mine; exit 5")], capture_output=True, text=True, env=cli.env,
+        timeout=60)
+    assert (r.returncode, r.stdout) == (5, "mine\n"), r.stderr
+    assert dict(cli.servers())[pid]["served"] == "0"  # refused: it ran in-process, in its own namespace
+    # and it started no server of its own to fight this one for the socket
+    time.sleep(1)
+    [path] = cli_server.server_sockets(cli.sockdir)
+    for other in _processes_running(command("server", "serve", "--socket", path)):
+        with open(f"/proc/{other}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert pid in (other, ppid), f"a second server {other} (parent {ppid})"
 
 
 def test_idle_server_exits_and_removes_its_socket(cli: Cli) -> None:
