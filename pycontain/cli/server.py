@@ -212,6 +212,30 @@ def read_frame(conn: socket.socket) -> tuple[bytes, bytes] | None:
     return kind, _recv_exact(conn, n) if n else b""
 
 
+def recv_frame_with_fds(conn: socket.socket, max_fds: int = 16) -> tuple[bytes, bytes, list[int]]:
+    """One frame and the fds that came with it (close-on-exec). Reads exactly
+    the frame: a forwarded signal right behind it stays for later. Raises
+    EOFError, ValueError or OSError (the fds closed then)."""
+    import socket
+
+    header, ancdata, _flags, _addr = conn.recvmsg(HEADER, socket.CMSG_SPACE(max_fds * 4), socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, type_, data in ancdata:
+        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4))
+    try:
+        if not header:
+            raise EOFError("the peer left before its request")
+        if len(header) < HEADER:
+            header += _recv_exact(conn, HEADER - len(header))
+        kind, n = parse_header(header)
+        return kind, _recv_exact(conn, n) if n else b"", fds
+    except BaseException:
+        _close_all(fds)
+        raise
+
+
 def check_dir(path: str) -> None:
     """Make ``path`` (and parents) if missing, then insist it is a real
     directory of this uid that nobody else may enter. Raises PermissionError."""
@@ -508,12 +532,7 @@ class Server:
                 self.close_listener()
                 self._refuse(conn, why, restart=True)
                 return
-            header, fds = self._recv_fds(conn)
-            kind, n = parse_header(header[:HEADER]) if len(header) >= HEADER else parse_header(
-                header + _recv_exact(conn, HEADER - len(header)))
-            body = header[HEADER:]
-            if len(body) < n:
-                body += _recv_exact(conn, n - len(body))
+            kind, body, fds = recv_frame_with_fds(conn)
         except (OSError, ValueError, EOFError):
             conn.close()
             return
@@ -566,20 +585,6 @@ class Server:
         sel.register(pidfd, selectors.EVENT_READ, job)
         sel.register(conn, selectors.EVENT_READ, job)
         sel.register(status_r, selectors.EVENT_READ, job)
-
-    def _recv_fds(self, conn: socket.socket) -> tuple[bytes, list[int]]:
-        import socket
-
-        msg, ancdata, _flags, _addr = conn.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
-        fds: list[int] = []
-        for level, type_, data in ancdata:
-            if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4))
-        if not msg:
-            _close_all(fds)
-            raise EOFError("client left before its request")
-        return msg, fds
 
     def from_client(self, job: _Job, sel: Any) -> None:
         """A forwarded signal, or the client's end of file (it died: so does its worker)."""
@@ -831,19 +836,11 @@ def _spare(server_fds: list[int], ctl_fd: int) -> None:
         import socket
 
         ctl = socket.socket(fileno=ctl_fd)
-        msg, ancdata, _flags, _addr = ctl.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
-        fds: list[int] = []
-        for level, type_, data in ancdata:
-            if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
-                usable = len(data) - len(data) % 4
-                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, usable, 4))
-        if not msg or len(fds) < 3:
+        try:
+            _kind, body, fds = recv_frame_with_fds(ctl)
+        except EOFError:
             code = 0  # the server let us go
             return
-        kind, n = parse_header(msg[:HEADER])
-        body = msg[HEADER:]
-        if len(body) < n:
-            body += _recv_exact(ctl, n - len(body))
         ctl.close()
         request = Request(body)
         _worker(request, fds[:-2], fds[-2], fds[-1], close=())

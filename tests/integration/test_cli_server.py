@@ -249,6 +249,15 @@ def test_env_cwd_and_umask_are_the_clients(cli: Cli, tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(tmp_path / "vol" / "f").st_mode) == 0o664
 
 
+def test_big_environment_and_odd_arguments(cli: Cli) -> None:
+    pid = cli.start()
+    env = dict(cli.env, **{f"BIG{i}": "x" * 100_000 for i in range(4)})  # more than a socket's buffer
+    odd = "sp ace\ttab \u00e9 $HOME 'q' \"dq\""
+    r = cli.run("run", "--rm", "-e", f"V={odd}", "host", "sh", "-c", 'printf "%s|%s" "$V" "$1"', "sh", odd, env=env)
+    assert (r.returncode, r.stdout) == (0, f"{odd}|{odd}"), r.stderr
+    assert dict(cli.servers())[pid]["served"] == "1"
+
+
 def test_detach_name_and_rm(cli: Cli) -> None:
     cli.start()
     r = cli.run("run", "-d", "--name", "srvweb", "host", "sh", "-c", "echo started; exec sleep 30")
