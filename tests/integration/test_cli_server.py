@@ -249,6 +249,31 @@ def test_env_cwd_and_umask_are_the_clients(cli: Cli, tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(tmp_path / "vol" / "f").st_mode) == 0o664
 
 
+def test_a_terminal_passes_through(cli: Cli) -> None:
+    pid = cli.start()
+    master, slave = os.openpty()
+    try:
+        p = subprocess.Popen(command("run", "--rm", "host", "sh", "-c", "test -t 0 && echo tty; read x; echo got-$x"),
+                             env=cli.env, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out = b""
+        deadline = time.monotonic() + 20
+        while b"tty" not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+        os.kill(p.pid, signal.SIGWINCH)  # forwarded, ignored: the command goes on
+        os.write(master, b"hello\n")
+        while b"got-hello" not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+        assert p.wait(timeout=20) == 0
+        assert b"tty" in out and b"got-hello" in out, out
+        assert dict(cli.servers())[pid]["served"] == "1"
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
 def test_big_environment_and_odd_arguments(cli: Cli) -> None:
     pid = cli.start()
     env = dict(cli.env, **{f"BIG{i}": "x" * 100_000 for i in range(4)})  # more than a socket's buffer
