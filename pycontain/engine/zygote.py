@@ -228,6 +228,13 @@ def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # 
         return watched, True
     finally:
         spares.retire()
+        for b in spares.busy:
+            b.close()
+
+
+#: Seconds after a spare was given a request when the next one is forked even
+#: if that child has not finished its setup yet.
+_SPARE_REFORK_AFTER = 0.05
 
 
 class _Spares:  # pragma: no cover - in the helper
@@ -240,6 +247,13 @@ class _Spares:  # pragma: no cover - in the helper
         self.pid: int | None = None
         self.sock: socket.socket | None = None
         self.retired: set[int] = set()
+        #: our ends of the sockets of spares given a request: each child keeps
+        #: its end until its setup closes every fd, and the next spare is
+        #: forked then, not while the child sets itself up (on a 2-CPU host
+        #: the fork and the new spare's namespaces slowed that setup down)
+        self.busy: list[socket.socket] = []
+        #: when to fork the next spare anyway (a child slow to set itself up)
+        self.due: float | None = None
         try:
             with open("/proc/self/comm") as f:
                 self.name = f.read().strip()
@@ -261,6 +275,9 @@ class _Spares:  # pragma: no cover - in the helper
         if pid == 0:
             try:
                 ours.close()
+                for sock in self.busy:
+                    sock.close()
+                self.busy.clear()
                 self._wait_and_become(theirs, parent_fd)
             finally:
                 os._exit(_child.SETUP_FAILED)
@@ -279,12 +296,40 @@ class _Spares:  # pragma: no cover - in the helper
                 sent = socket.send_fds(sock, [_frame(payload)], fds)
                 if sent < len(payload) + _HEADER:
                     sock.sendall(_frame(payload)[sent:])
-                return pid
             except OSError:
                 self.retired.add(pid)  # it died meanwhile: try a fresh one
-            finally:
                 sock.close()
+                continue
+            self.busy.append(sock)
+            self.due = time.monotonic() + _SPARE_REFORK_AFTER
+            return pid
         return None
+
+    def settled(self, ready: list[int]) -> None:
+        """Busy sockets that became readable (EOF: the child's setup is done,
+        or it died); forks the next spare once none is busy, or when due."""
+        for sock in [b for b in self.busy if b.fileno() in ready]:
+            self.busy.remove(sock)
+            sock.close()
+        if self.pid is None and (not self.busy or (self.due is not None and time.monotonic() >= self.due)):
+            for sock in self.busy:
+                sock.close()
+            self.busy.clear()
+            self.due = None
+            self.make()
+
+    def timeout(self) -> float | None:
+        """How long the zygote may wait for a request before it must fork a spare."""
+        if self.pid is not None or self.due is None:
+            return None
+        return max(0.0, self.due - time.monotonic())
+
+    def close_in_child(self) -> None:
+        """In a fresh fork: the zygote's ends of every spare socket are not ours."""
+        for sock in [*self.busy, *([self.sock] if self.sock is not None else [])]:
+            sock.close()
+        self.busy.clear()
+        self.pid = self.sock = None
 
     def retire(self) -> None:
         """Let the waiting spare go (it exits on EOF): new preloads, or the end."""
@@ -327,10 +372,13 @@ class _Spares:  # pragma: no cover - in the helper
             payload = _recv_exact(sock, int.from_bytes(head, "big"))
         except (EOFError, ConnectionError):
             os._exit(0)
-        sock.close()
         with contextlib.suppress(Exception):
             syscalls.set_name(self.name)
         spec, env, targets = self.pickler.loads(payload)
+        # Kept open, above every fd number the request places, until the setup
+        # closes the fds it does not pass on: the zygote forks the next spare then.
+        fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, max([*targets["numbers"], *fds, 2]) + 1)
+        sock.close()
         # Only the kinds the spec wants new: joined ones replace ours by setns.
         _child.PREMADE = premade & spec.new
         _child.LOOPBACK_UP = "net" in _child.PREMADE  # a joined net namespace has its own lo
@@ -344,7 +392,10 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
           reply: Any, reap: Any, importlib: Any, cloudpickle: Any,
           spares: _Spares) -> bool:  # pragma: no cover - in the helper
     while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        ready, _, _ = select.select([sock.fileno(), wake_r, *(b.fileno() for b in spares.busy)], [], [],
+                                    spares.timeout())
+        if spares.busy or spares.due is not None:
+            spares.settled(ready)
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
@@ -391,7 +442,6 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
                     os.close(f)
                 watched[pid] = bool(targets)
                 reply(("pid", req_id, pid))
-                spares.make()  # the next one, while this child sets itself up
                 reap()
                 continue
             try:  # no spare: fork as for any other request
@@ -416,7 +466,7 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
                 os.close(fd)
                 os.close(wake_r)
                 os.close(wake_w)
-                spares.retire()  # ours to close; the zygote keeps it
+                spares.close_in_child()  # the zygote's, not ours
                 _become_child(spec, env, targets, fds, parent_fd, me, cloudpickle)
             finally:
                 os._exit(_child.SETUP_FAILED)
