@@ -433,6 +433,24 @@ def test_a_client_in_another_mount_namespace_runs_in_process(cli: Cli) -> None:
         assert pid in (other, ppid), f"a second server {other} (parent {ppid})"
 
 
+def test_sigterm_stops_the_server_after_its_running_commands(cli: Cli) -> None:
+    pid = cli.start()
+    [path] = cli_server.server_sockets(cli.sockdir)
+    p = subprocess.Popen(command("run", "--rm", "host", "sh", "-c", "sleep 1; echo done; exit 3"), env=cli.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: dict(cli.servers()).get(pid, {}).get("running") == "1", what="the command to start")
+        os.kill(pid, signal.SIGTERM)
+        _wait_for(lambda: not os.path.exists(path), timeout=5, what="the socket to go")
+        out, err = p.communicate(timeout=20)
+        assert (p.returncode, out) == (3, b"done\n"), err
+        assert _wait_gone(pid), "the server did not exit"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def test_idle_server_exits_and_removes_its_socket(cli: Cli) -> None:
     cli.env["PYCONTAIN_CLI_SERVER_IDLE"] = "0.5"
     pid = cli.start()
