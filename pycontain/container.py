@@ -550,7 +550,12 @@ class Container:
         child = self._need_child("wait")
         try:
             try:
-                code = child.wait(timeout)
+                if isinstance(child, _ExternalProcess):
+                    code = child.wait(timeout)
+                else:
+                    # PID 1's exit file, once it is gone: no hop through the zygote.
+                    exit_file = self._state_path / "exit"
+                    code = child.wait(timeout, status_from=lambda: _exit_file_status(exit_file))
             except KernelError:  # the zygote is gone (see _poll_child)
                 self._poll_child()
                 code = self._need_child("wait").wait(timeout)

@@ -217,11 +217,18 @@ class Child:
                         self._drain_result(block=False)
             return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: float | None = None, *, status_from: Callable[[], int | None] | None = None) -> int:
         """Wait for the child to end and return its return code.
 
         ``timeout`` in seconds; raises :class:`pycontain.errors.Timeout` when
         it passes (the child keeps running).
+
+        ``status_from``: for a zygote's child, a way to learn its exit code
+        without the zygote (a container's PID 1 writes it to a file before it
+        exits): once the child is gone (its pidfd says so), its value is the
+        return code, and the zygote's word on it is dropped unread. That
+        saves a hop through the zygote (~0.5 ms here). None from it: ask the
+        zygote as usual.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._result_fd is not None:
@@ -229,6 +236,18 @@ class Child:
             # result would block the child on a full pipe forever.
             self._drain_result(block=True, deadline=deadline)
         with self._lock:
+            if self.returncode is None and status_from is not None and self._pidfd is not None \
+                    and hasattr(self._reaper, "forget"):
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select([self._pidfd], [], [], left)[0]:
+                    raise Timeout(f"child {self.pid} still running after {timeout} s", op="wait",
+                                  value=timeout, hint="kill() it, or wait longer")
+                code = status_from()
+                if code is not None:
+                    self._reaper.forget(self.relay_pid)
+                    self.returncode = code
+                    os.close(self._pidfd)
+                    self._pidfd = None
             if self.returncode is None:
                 status = self._reaper_call(self._reaper.wait_status, deadline)
                 if status is None:

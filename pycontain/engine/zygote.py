@@ -557,6 +557,7 @@ class Zygote:
         self._next_id = 0
         self._replies: dict[int, tuple[Any, ...]] = {}
         self._statuses: dict[int, int] = {}
+        self._forgotten: set[int] = set()
         self._closed = False
         self._dead = False
 
@@ -663,6 +664,12 @@ class Zygote:
 
     # -- statuses (the reaper interface of Child) -------------------------------------------
 
+    def forget(self, pid: int) -> None:
+        """Drop ``pid``'s exit status, now or when it comes (its waiter learnt it otherwise)."""
+        with self._recv_lock:
+            if self._statuses.pop(pid, None) is None:
+                self._forgotten.add(pid)
+
     def poll_status(self, pid: int) -> int | None:
         while pid not in self._statuses and self._pump(0.0, lambda: pid in self._statuses):
             pass
@@ -702,7 +709,10 @@ class Zygote:
                 raise KernelError("the zygote died; its children were killed", op="zygote",
                                   errno=errno.ESRCH, hint="make a new Zygote()") from None
             if msg[0] == "exit":
-                self._statuses[msg[1]] = msg[2]
+                if msg[1] in self._forgotten:
+                    self._forgotten.discard(msg[1])
+                else:
+                    self._statuses[msg[1]] = msg[2]
             else:
                 self._replies[msg[1]] = msg
             return True

@@ -345,3 +345,18 @@ def test_root_overlay_is_volatile() -> None:
     assert fstype == "overlay"
     # (Newer kernels show the option as fsync=volatile.)
     assert {"volatile", "fsync=volatile"} & set(options.split(",")), options
+
+
+def test_wait_learns_the_exit_from_pid1_and_the_zygote_keeps_no_status() -> None:
+    # wait() reads PID 1's exit file once its pidfd says it is gone; the
+    # zygote's own word on it is dropped when it comes, never kept.
+    zygote = pycontain.container._fork_source()
+    if zygote is None:
+        pytest.skip("containers fork from the caller here")
+    for code in (0, 3, 5):
+        with Container(command=["sh", "-c", f"exit {code}"]) as c:
+            assert c.wait(timeout=30) == code
+    with Container(command=["true"]) as c:  # its start reads what the zygote sent meanwhile
+        assert c.wait(timeout=30) == 0
+    assert zygote._statuses == {}
+    assert len(zygote._forgotten) <= 1
