@@ -38,4 +38,3 @@ def test_a_file_where_a_directory_was_expected(tmp_path: Path) -> None:
 
 def test_missing_directory_is_fine(tmp_path: Path) -> None:
     remove_dir(str(tmp_path / "nothing"), ("a", "b/"))
-
