@@ -292,10 +292,11 @@ def test_detach_name_and_rm(cli: Cli) -> None:
         assert "srvweb" in ps and "running" in ps
         # Nothing of the server (its lock, its socket, other clients' fds)
         # lives on in the detached container's processes.
-        [cgroup] = [c for c in _cgroups_named("srvweb") if "/memory/" in c]
-        with open(f"{cgroup}/cgroup.procs") as f:
-            procs = [int(p) for p in f.read().split()]
-        assert procs
+        procs = []
+        for cgroup in _cgroups_named("srvweb"):
+            with open(f"{cgroup}/cgroup.procs") as f:
+                procs += [int(p) for p in f.read().split()]
+        assert procs, _cgroups_named("srvweb")
         for pid in procs:
             targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
             assert not [t for t in targets if cli.base in t or t.startswith("socket:")], (pid, targets)

@@ -74,12 +74,38 @@ def test_launcher_names_the_socket_as_the_server_module_does() -> None:
         ({b"XDG_RUNTIME_DIR": b"/run/user/7"}, server.socket_dir({"XDG_RUNTIME_DIR": "/run/user/7"})),
     ]
     for env, directory in cases:
-        expected = None if directory is None else f"{directory}/{name}"
-        assert launcher.cli_server_socket(env) == expected
-    assert launcher.cli_server_socket({b"PYCONTAIN_CLI_SERVER": b"0"}) is None
+        assert launcher.cli_server_dir(env) == directory
+    assert launcher.cli_server_socket("/tmp/somewhere") == f"/tmp/somewhere/{name}"
+    for off in (b"0", b"no", b"False", b" off "):
+        assert launcher.cli_server_dir({b"PYCONTAIN_CLI_SERVER": off}) is None
+        assert not server.enabled({"PYCONTAIN_CLI_SERVER": off.decode()})
     # another interpreter, another launcher: another socket
     assert server.socket_name("/other/python", st) != name
     assert server.socket_name(sys.executable, os.stat(__file__)) != name
+
+
+def test_launcher_keeps_its_compiled_client_only_in_a_private_dir(tmp_path: Path) -> None:
+    launcher = load_launcher()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    launcher.load_client(str(private))
+    [cached] = [p for p in private.iterdir() if p.name.startswith("client-")]
+    assert cached.stat().st_mode & 0o777 == 0o600
+    # the next launcher reads it (a corrupt copy is compiled again, not run)
+    fresh = load_launcher()
+    fresh.load_client(str(private))
+    assert callable(fresh.via_server)
+    cached.write_bytes(b"not marshal data")
+    fresh = load_launcher()
+    fresh.load_client(str(private))
+    assert callable(fresh.via_server)
+    assert cached.read_bytes() != b"not marshal data"  # written again
+    # nothing is kept where others may write
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o755)
+    load_launcher().load_client(str(loose))
+    assert list(loose.iterdir()) == []
 
 
 def test_fnv1a64_known_values() -> None:
