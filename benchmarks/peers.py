@@ -144,10 +144,36 @@ def cgroup_dirs() -> set[str]:
     return out
 
 
+def docker_seccomp_for(caps: Sequence[str]) -> dict[str, Any]:
+    """pycontain's default seccomp profile (Docker's list) as an OCI
+    ``linux.seccomp`` for a process with ``caps``: the Docker-format
+    ``includes``/``excludes`` on capabilities resolved, as Docker and podman
+    resolve them before handing the profile to runc or crun."""
+    from pycontain.backends.seccomp import default_profile_data
+
+    data = default_profile_data()
+    have = set(caps)
+    rules = []
+    for rule in data["syscalls"]:
+        needs = set((rule.get("includes") or {}).get("caps") or ())
+        unless = set((rule.get("excludes") or {}).get("caps") or ())
+        if needs - have or unless & have:
+            continue
+        out = {"names": list(rule["names"]), "action": rule["action"]}
+        if rule.get("args"):
+            out["args"] = list(rule["args"])
+        if rule.get("errnoRet") is not None:
+            out["errnoRet"] = rule["errnoRet"]
+        rules.append(out)
+    return {"defaultAction": data["defaultAction"], "defaultErrnoRet": data["defaultErrnoRet"],
+            "architectures": list(data["architectures"]), "syscalls": rules}
+
+
 def oci_config(
-    rootfs: str, args: Sequence[str], cgroups_path: str, hostname: str = "bench"
+    rootfs: str, args: Sequence[str], cgroups_path: str, hostname: str = "bench", seccomp: bool = False
 ) -> dict[str, Any]:
-    """An OCI runtime config like ``crun spec``'s, with no terminal and a read-only root."""
+    """An OCI runtime config like ``crun spec``'s, with no terminal and a read-only root
+    (``seccomp``: plus Docker's default seccomp profile, as Docker and podman give every container)."""
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return {
@@ -202,6 +228,7 @@ def oci_config(
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
             ],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            **({"seccomp": docker_seccomp_for(caps)} if seccomp else {}),
         },
     }
 
@@ -603,14 +630,14 @@ class Workspace:
 
     # -- crun / runc ----------------------------------------------------------
 
-    def bundle(self, runtime: str, cid: str, args: Sequence[str]) -> str:
+    def bundle(self, runtime: str, cid: str, args: Sequence[str], seccomp: bool = False) -> str:
         """An OCI bundle dir for container ``cid``: its config.json only.
 
         The cgroup is ``<cgroup_parent>/<cid>`` in every hierarchy.
         """
         path = os.path.join(self.root, "bundles", cid)
         os.makedirs(path, exist_ok=True)
-        config = oci_config(self.rootfs, args, f"{self.cgroup_parent}/{cid}")
+        config = oci_config(self.rootfs, args, f"{self.cgroup_parent}/{cid}", seccomp=seccomp)
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
         return path
