@@ -511,9 +511,11 @@ class Container:
                     env=env,
                     returns=False,  # _container_init never returns: no cloudpickle for it
                 )
-                # What crashed creators left behind is collected while our
-                # child sets itself up (cheap when there is nothing; never raises).
-                def meanwhile(_pid: int) -> None:
+                # While our child sets itself up: the state says running (its
+                # pid is known now), and what crashed creators left behind is
+                # collected (cheap when there is nothing; never raises).
+                def meanwhile(pid: int) -> None:
+                    self._save(status="running", pid=pid)
                     collect()
 
                 self._child = start(spec, zygote=zygote if target is not None else _fork_source(),
@@ -528,11 +530,11 @@ class Container:
                 self._cgroup = None
                 self._rootfs = None
                 self._network = None
+                with contextlib.suppress(OSError, ValueError):
+                    self._save()  # created again, if meanwhile said running
                 raise
             self._status = "running"
-            _fault("before_state_saved")
-            self._save()
-            _fault("after_state_saved")
+            _fault("after_state_saved")  # (saved as running while the child set itself up)
             return self
 
     def _layers_path(self) -> Path:
@@ -906,8 +908,7 @@ class Container:
 
 #: Where ``PYCONTAIN_FAULT=<point>`` kills the creating process (SIGKILL), to
 #: test that garbage collection finds what a crash half-way leaves behind.
-FAULT_POINTS = ("after_rootfs", "after_cgroup", "after_network", "after_engine_start", "before_state_saved",
-                "after_state_saved")
+FAULT_POINTS = ("after_rootfs", "after_cgroup", "after_network", "after_engine_start", "after_state_saved")
 
 
 @contextlib.contextmanager
