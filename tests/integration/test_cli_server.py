@@ -274,6 +274,18 @@ def test_a_terminal_passes_through(cli: Cli) -> None:
             os.close(slave)
 
 
+def test_commands_at_once(cli: Cli) -> None:
+    pid = cli.start()
+    procs = [subprocess.Popen(command("run", "--rm", "host", "sh", "-c", f"sleep 0.3; echo {i}; exit {i}"),
+                              env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+    results = [(p.wait(timeout=60), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    for p in procs:
+        p.stdout.close()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    assert results == [(i, f"{i}\n".encode(), b"") for i in range(4)]
+    assert dict(cli.servers())[pid]["served"] == "4"
+
+
 def test_big_environment_and_odd_arguments(cli: Cli) -> None:
     pid = cli.start()
     env = dict(cli.env, **{f"BIG{i}": "x" * 100_000 for i in range(4)})  # more than a socket's buffer
