@@ -487,7 +487,10 @@ class Server:
                     except OSError:
                         continue
                     last = time.monotonic()
-                    self.accept(conn, sel)
+                    try:
+                        self.accept(conn, sel)
+                    except Exception:  # one odd client must not take the server down
+                        conn.close()
                 elif what == "wake":
                     try:
                         while wake_r.recv(64):
@@ -642,6 +645,8 @@ class Server:
 
     def spare_event(self, spare: _Spare, fd: int) -> None:
         """The spare is ready (a byte on its socket), or it died."""
+        if spare is not self.spare:
+            return  # an event of this select() round for a spare handed out meanwhile
         if fd == spare.ctl.fileno():
             try:
                 data = spare.ctl.recv(16)
