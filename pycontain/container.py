@@ -1350,6 +1350,14 @@ def _container_init(setup: _ChildSetup, argv: tuple[str, ...] | None,
                 os.write(exit_fd, b"%d\n" % (127 if e.errno == errno.ENOENT else 126))
             os._exit(127 if e.errno == errno.ENOENT else 126)
     else:
+        assert target is not None
+        # A Python workload that takes SIGINT itself (the notebook's cell
+        # server: the stop button) starts with it ignored, not fatal: a press
+        # that reaches the kernel's process group while the container starts
+        # must not kill the server before it has set its handler.
+        own_sigint = getattr(target[0], "handles_sigint", False) is True
+        if own_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         workload = os.fork()
     if workload == 0:
         try:

@@ -236,12 +236,13 @@ def cell_server(request_fd: int, event_fd: int) -> int:
     event. Returns when the request pipe closes."""
     import signal as _signal
 
-    show = _prepare_process(event_fd)
-    ns: dict[str, Any] = {"__name__": "__main__", "display": _display_many(show)}
     # The notebook's stop button arrives as SIGINT: a KeyboardInterrupt in
     # the cell, which ends the cell but keeps the namespace (and the server).
+    # Set first: until here SIGINT is ignored (handles_sigint, below).
     stop = _StopButton()
     _signal.signal(_signal.SIGINT, stop.handler)
+    show = _prepare_process(event_fd)
+    ns: dict[str, Any] = {"__name__": "__main__", "display": _display_many(show)}
     reader = _Reader()
     while True:
         chunk = os.read(request_fd, 1 << 16)
@@ -257,6 +258,11 @@ def cell_server(request_fd: int, event_fd: int) -> int:
                 sys.path[:] = payload[3]
             status = _run_one(code, inputs, outputs, event_fd, ns, show, stop)
             send_event(event_fd, "done", status)
+
+
+#: The container's PID 1 starts this workload with SIGINT ignored (see
+#: pycontain.container._container_init); it sets its own handler first thing.
+cell_server.handles_sigint = True  # type: ignore[attr-defined]
 
 
 class _StopButton:
