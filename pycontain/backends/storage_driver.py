@@ -93,25 +93,34 @@ class RootfsPlan:
 
     def save(self) -> None:
         path = os.path.join(self.container_dir, PLAN_FILE)
-        tmp = path + ".tmp"
+        tmp: str | None = path + ".tmp"
         # A shallow record and one json.dumps: asdict() deep-copies, and
         # json.dump() encodes chunk by chunk in Python (~1 ms per start).
         record = dict(vars(self), mounts=[vars(m) for m in self.mounts])
         data = json.dumps(record).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            # The first plan of a fresh directory is written in place (one
+            # ext4 create, no rename): a reader that comes too early sees a
+            # half-written file, which load_plan() calls not prepared yet.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            tmp = None
+        except FileExistsError:
+            assert tmp is not None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             while data:
                 data = data[os.write(fd, data):]
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        if tmp is not None:
+            os.rename(tmp, path)
 
 
 def load_plan(container_dir: str) -> RootfsPlan:
     try:
         with open(os.path.join(container_dir, PLAN_FILE)) as f:
             d = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # (ValueError: being written, see RootfsPlan.save)
         raise NotFound("no rootfs prepared in this directory", path=container_dir, op="load_plan") from None
     d["mounts"] = [MountStep(**m) for m in d["mounts"]]
     return RootfsPlan(**d)
@@ -251,13 +260,22 @@ def check_owner(owner: str) -> str:
     return owner
 
 
-def register(st: Store, plan: RootfsPlan) -> None:
-    """Record that ``plan``'s container uses the store's layers: a symlink
-    ``containers/<owner>`` to its directory, whose plan file says the rest.
+def _own_rootfs_dir(st: Store) -> str:
+    """Where containers prepare their writable layers in this store
+    (``pycontain.Container`` does): registered by being there."""
+    return os.path.join(st.root, "rootfs")
 
-    A symlink, not a small JSON file: one syscall, no temporary file and no
-    data block to free again on ext4 (a short target lives in the inode).
+
+def register(st: Store, plan: RootfsPlan) -> None:
+    """Record that ``plan``'s container uses the store's layers.
+
+    A directory in the store's own ``rootfs/`` is registered by being
+    there (its plan file says the rest); one elsewhere gets a symlink
+    ``containers/<owner>`` to it. A symlink, not a small JSON file: one
+    syscall, no temporary file and no data block to free again on ext4.
     """
+    if os.path.dirname(os.path.abspath(plan.container_dir)) == _own_rootfs_dir(st):
+        return
     st.ensure()
     path = os.path.join(_registry(st), plan.owner)
     target = os.path.relpath(plan.container_dir, _registry(st))
@@ -280,11 +298,24 @@ def _registered(st: Store) -> dict[str, dict[str, Any]]:
     """owner -> what its plan says (container_dir, image, layers, driver), for
     the prepared rootfs still present."""
     out = {}
+    own = _own_rootfs_dir(st)
+    try:
+        for name in os.listdir(own):
+            try:
+                with open(os.path.join(own, name, PLAN_FILE)) as f:
+                    d = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict):
+                d["container_dir"] = os.path.join(own, name)
+                out[str(d.get("owner") or name)] = d
+    except FileNotFoundError:
+        pass
     reg = _registry(st)
     try:
         names = os.listdir(reg)
     except FileNotFoundError:
-        return {}
+        return out
     for name in names:
         try:
             if name.endswith(".json"):

@@ -62,3 +62,18 @@ def test_missing_image_is_a_typed_error() -> None:
     with pytest.raises(LookupError):
         pycontain.run(["true"], image="no-such-image:1")
     assert pycontain.containers().empty
+
+
+def test_an_image_in_use_by_a_container_cannot_be_removed(busybox: pycontain.Image) -> None:
+    from pycontain.errors import Busy
+
+    c = Container(image=busybox, command=["true"])
+    c.start()
+    try:
+        assert c.wait(10) == 0
+        with pytest.raises(Busy, match="used by containers"):
+            busybox.remove()  # the exited container's writable layer still stacks on it
+    finally:
+        c.remove()
+    busybox.remove()
+    assert "busybox:test" not in set(pycontain.images()["tag"])
