@@ -220,6 +220,7 @@ def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # 
                 continue  # a spare that was retired (or died): nobody asked for it
             watched.pop(pid, None)
             reply(("exit", pid, status))
+            spares.exited(pid)
 
     try:
         spares.make()
@@ -228,13 +229,11 @@ def _serve(fd: int, preload: Iterable[str]) -> tuple[dict[int, bool], bool]:  # 
         return watched, True
     finally:
         spares.retire()
-        for b in spares.busy:
-            b.close()
 
 
 #: Seconds after a spare was given a request when the next one is forked even
-#: if that child has not finished its setup yet.
-_SPARE_REFORK_AFTER = 0.05
+#: if that container still runs.
+_SPARE_REFORK_AFTER = 0.02
 
 
 class _Spares:  # pragma: no cover - in the helper
@@ -247,12 +246,12 @@ class _Spares:  # pragma: no cover - in the helper
         self.pid: int | None = None
         self.sock: socket.socket | None = None
         self.retired: set[int] = set()
-        #: our ends of the sockets of spares given a request: each child keeps
-        #: its end until its setup closes every fd, and the next spare is
-        #: forked then, not while the child sets itself up (on a 2-CPU host
-        #: the fork and the new spare's namespaces slowed that setup down)
-        self.busy: list[socket.socket] = []
-        #: when to fork the next spare anyway (a child slow to set itself up)
+        #: spares given a request, still running: the next spare is forked
+        #: when one of them exits (its container's end, while its creator
+        #: removes it), not while it sets itself up -- on a 2-CPU host the
+        #: fork and the new spare's namespaces slowed that setup down
+        self.handed: set[int] = set()
+        #: when to fork the next spare anyway (a container that runs on)
         self.due: float | None = None
         try:
             with open("/proc/self/comm") as f:
@@ -275,9 +274,6 @@ class _Spares:  # pragma: no cover - in the helper
         if pid == 0:
             try:
                 ours.close()
-                for sock in self.busy:
-                    sock.close()
-                self.busy.clear()
                 self._wait_and_become(theirs, parent_fd)
             finally:
                 os._exit(_child.SETUP_FAILED)
@@ -298,23 +294,18 @@ class _Spares:  # pragma: no cover - in the helper
                     sock.sendall(_frame(payload)[sent:])
             except OSError:
                 self.retired.add(pid)  # it died meanwhile: try a fresh one
-                sock.close()
                 continue
-            self.busy.append(sock)
+            finally:
+                sock.close()
+            self.handed.add(pid)
             self.due = time.monotonic() + _SPARE_REFORK_AFTER
             return pid
         return None
 
-    def settled(self, ready: list[int]) -> None:
-        """Busy sockets that became readable (EOF: the child's setup is done,
-        or it died); forks the next spare once none is busy, or when due."""
-        for sock in [b for b in self.busy if b.fileno() in ready]:
-            self.busy.remove(sock)
-            sock.close()
-        if self.pid is None and (not self.busy or (self.due is not None and time.monotonic() >= self.due)):
-            for sock in self.busy:
-                sock.close()
-            self.busy.clear()
+    def exited(self, pid: int) -> None:
+        """A child exited: if it was a spare's, fork the next one now."""
+        if pid in self.handed:
+            self.handed.discard(pid)
             self.due = None
             self.make()
 
@@ -324,11 +315,15 @@ class _Spares:  # pragma: no cover - in the helper
             return None
         return max(0.0, self.due - time.monotonic())
 
+    def when_due(self) -> None:
+        if self.pid is None and self.due is not None and time.monotonic() >= self.due:
+            self.due = None
+            self.make()
+
     def close_in_child(self) -> None:
-        """In a fresh fork: the zygote's ends of every spare socket are not ours."""
-        for sock in [*self.busy, *([self.sock] if self.sock is not None else [])]:
-            sock.close()
-        self.busy.clear()
+        """In a fresh fork: the zygote's end of the spare's socket is not ours."""
+        if self.sock is not None:
+            self.sock.close()
         self.pid = self.sock = None
 
     def retire(self) -> None:
@@ -374,11 +369,8 @@ class _Spares:  # pragma: no cover - in the helper
             os._exit(0)
         with contextlib.suppress(Exception):
             syscalls.set_name(self.name)
-        spec, env, targets = self.pickler.loads(payload)
-        # Kept open, above every fd number the request places, until the setup
-        # closes the fds it does not pass on: the zygote forks the next spare then.
-        fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, max([*targets["numbers"], *fds, 2]) + 1)
         sock.close()
+        spec, env, targets = self.pickler.loads(payload)
         # Only the kinds the spec wants new: joined ones replace ours by setns.
         _child.PREMADE = premade & spec.new
         _child.LOOPBACK_UP = "net" in _child.PREMADE  # a joined net namespace has its own lo
@@ -392,10 +384,8 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
           reply: Any, reap: Any, importlib: Any, cloudpickle: Any,
           spares: _Spares) -> bool:  # pragma: no cover - in the helper
     while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r, *(b.fileno() for b in spares.busy)], [], [],
-                                    spares.timeout())
-        if spares.busy or spares.due is not None:
-            spares.settled(ready)
+        ready, _, _ = select.select([sock.fileno(), wake_r], [], [], spares.timeout())
+        spares.when_due()
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
