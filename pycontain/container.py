@@ -30,6 +30,7 @@ import errno
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -1218,7 +1219,11 @@ def _fork_source() -> Any:
         # import lock another thread of the caller held at the fork.
         from pycontain.backends import capabilities, hardening, rootfs  # noqa: F401
 
-        return None
+        # A spare child made ahead by this process (the CLI server's worker),
+        # if any: only possible once the zygote module is loaded (the
+        # in-process CLI keeps it out of its imports).
+        zygote_module = sys.modules.get("pycontain.engine.zygote")
+        return zygote_module.local_spare() if zygote_module is not None else None
     from pycontain.engine import shared_zygote
 
     return shared_zygote(_ZYGOTE_PRELOAD, cleanup=ZYGOTE_CLEANUP)

@@ -386,6 +386,8 @@ def start(spec: ChildSpec, *, zygote: Any = None, meanwhile: Callable[[int], Non
         result_r, result_w = _pipe()
     channels = _child.Channels(status_w, sync_r, result_w)
     reaper: Any = _DIRECT
+    if zygote is not None and not getattr(zygote, "fits", lambda _spec: True)(spec):
+        zygote = None  # a spare made for other specs (engine.zygote.LocalSpare): fork the caller
     if zygote is not None:
         try:
             pid = zygote.fork(spec, env, channels)

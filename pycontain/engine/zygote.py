@@ -280,10 +280,11 @@ class _Spares:  # pragma: no cover - in the helper
         theirs.close()
         self.pid, self.sock = pid, ours
 
-    def hand_over(self, payload: bytes, fds: list[int]) -> int | None:
+    def hand_over(self, payload: bytes, fds: list[int], make: bool = True) -> int | None:
         """Give the spare its request; returns its pid (None: no spare could take it)."""
         for _attempt in range(2):
-            self.make()
+            if make:
+                self.make()
             if self.pid is None or self.sock is None:
                 return None
             pid, sock = self.pid, self.sock
@@ -556,36 +557,7 @@ class Zygote:
     def fork(self, spec: ChildSpec, env: dict[str, str], channels: _child.Channels) -> int:
         """Ask the zygote for a child that becomes ``spec``; returns its pid."""
         self._check_usable()
-        if spec.cwd is None and spec.preexec is None and "mnt" not in {kind for kind, _ in spec.join}:
-            # A forked child starts in the caller's current directory; so does ours.
-            # (Joining a mount namespace moves to its root, in both cases; a
-            # preexec that changes the root, e.g. a container's, picks its own.)
-            try:
-                spec = dataclasses.replace(spec, cwd=os.getcwd())
-            except OSError:
-                pass
-        fds: list[int] = []
-        numbers: list[int] = []
-
-        def add(fd: int | None) -> None:
-            if fd is not None and fd not in numbers:
-                fds.append(fd)
-                numbers.append(fd)
-
-        add(channels.status)
-        add(channels.sync)
-        add(channels.result)
-        for i, src in enumerate((spec.stdin, spec.stdout, spec.stderr)):
-            if src is not None:
-                add(src)
-            elif is_open(i):
-                add(i)  # "inherit" means the caller's stdio, not the zygote's
-        for fd in spec.pass_fds:
-            add(fd)
-        if len(fds) > _MAX_FDS:
-            raise PycontainError(f"too many fds to pass ({len(fds)})", op="zygote", hint=f"at most {_MAX_FDS}")
-        targets = {"numbers": numbers, "status": channels.status, "sync": channels.sync,
-                   "result": channels.result, "pgid": os.getpgrp()}
+        spec, fds, targets = _request_parts(spec, channels)
         with self._send_lock:
             self._next_id += 1
             req_id = self._next_id
@@ -597,10 +569,7 @@ class Zygote:
                 else:
                     data = _frame(_dumps((req_id, spec, env, targets)))
             except Exception as e:
-                raise InvalidArgument(f"the child's code or arguments cannot be sent to the zygote: {e}",
-                                      field="target", value=spec.target,
-                                      hint="targets, args and preexec must be picklable (cloudpickle); "
-                                      "or start without zygote= to fork the caller") from e
+                raise _unsendable(spec, e) from e
             try:
                 sent = socket.send_fds(self._sock, [data], fds)
                 if sent < len(data):
@@ -736,6 +705,147 @@ class Zygote:
 
     def __repr__(self) -> str:
         return f"<Zygote pid={self.pid}{' closed' if self._closed else ''}>"
+
+
+def _request_parts(spec: ChildSpec, channels: _child.Channels) -> tuple[ChildSpec, list[int], dict[str, Any]]:
+    """What a forked-elsewhere child needs besides the spec: the fds to send
+    (SCM_RIGHTS) and the numbers they must have in the child."""
+    if spec.cwd is None and spec.preexec is None and "mnt" not in {kind for kind, _ in spec.join}:
+        # A forked child starts in the caller's current directory; so does ours.
+        # (Joining a mount namespace moves to its root, in both cases; a
+        # preexec that changes the root, e.g. a container's, picks its own.)
+        try:
+            spec = dataclasses.replace(spec, cwd=os.getcwd())
+        except OSError:
+            pass
+    fds: list[int] = []
+    numbers: list[int] = []
+
+    def add(fd: int | None) -> None:
+        if fd is not None and fd not in numbers:
+            fds.append(fd)
+            numbers.append(fd)
+
+    add(channels.status)
+    add(channels.sync)
+    add(channels.result)
+    for i, src in enumerate((spec.stdin, spec.stdout, spec.stderr)):
+        if src is not None:
+            add(src)
+        elif is_open(i):
+            add(i)  # "inherit" means the caller's stdio, not the zygote's
+    for fd in spec.pass_fds:
+        add(fd)
+    if len(fds) > _MAX_FDS:
+        raise PycontainError(f"too many fds to pass ({len(fds)})", op="zygote", hint=f"at most {_MAX_FDS}")
+    targets = {"numbers": numbers, "status": channels.status, "sync": channels.sync,
+               "result": channels.result, "pgid": os.getpgrp()}
+    return spec, fds, targets
+
+
+def _unsendable(spec: ChildSpec, e: Exception) -> InvalidArgument:
+    return InvalidArgument(f"the child's code or arguments cannot be sent to the zygote: {e}",
+                           field="target", value=spec.target,
+                           hint="targets, args and preexec must be picklable (cloudpickle); "
+                           "or start without zygote= to fork the caller")
+
+
+class LocalSpare:
+    """A spare child of this very process, made ahead of one container start.
+
+    For a short-lived single-threaded process that will start one container
+    soon and has time before (the CLI server's worker, forked ahead of its
+    command): the child is forked now into a new pid namespace, makes its
+    net/ipc/uts namespaces and waits (see :class:`_Spares`); the start then
+    costs neither this process's fork nor those namespaces. It is this
+    process's own child, so it is reaped here (``waitpid``). One use; after
+    it, or if it died, :meth:`fits` says no and the caller forks as usual.
+    """
+
+    def __init__(self, close_in_child: Iterable[int] = ()) -> None:
+        import cloudpickle
+
+        self._spares = _Spares(os.getpid(), tuple(close_in_child), cloudpickle)
+        self._spares.make()
+
+    def fits(self, spec: ChildSpec) -> bool:
+        """Whether the spare can become ``spec`` (else :func:`pycontain.engine.start` forks as usual)."""
+        pid = self._spares.pid
+        if pid is None or not _fits_spare(spec):
+            return False
+        try:
+            gone = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            gone = True
+        if gone:  # killed while it waited
+            self._spares.reaped(pid)
+            return False
+        return True
+
+    def fork(self, spec: ChildSpec, env: dict[str, str], channels: _child.Channels) -> int:
+        spec, fds, targets = _request_parts(spec, channels)
+        try:
+            payload = _dumps((spec, env, targets))
+        except Exception as e:
+            raise _unsendable(spec, e) from e
+        pid = self._spares.hand_over(payload, fds, make=False)
+        if pid is None:
+            raise KernelError("the spare child is gone", op="fork", errno=errno.ESRCH,
+                              hint="fork without it (pycontain does so by itself)")
+        return pid
+
+    # the reaper interface of Child: our own children, reaped here
+
+    def poll_status(self, pid: int) -> int | None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            raise KernelError("the child was reaped elsewhere", op="waitpid", errno=errno.ECHILD) from None
+        return status if done else None
+
+    def wait_status(self, pid: int, deadline: float | None) -> int | None:
+        if deadline is None:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                raise KernelError("the child was reaped elsewhere", op="waitpid", errno=errno.ECHILD) from None
+        while True:
+            status = self.poll_status(pid)
+            if status is not None:
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(left, 0.005))
+
+    def forget(self, pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # it is gone (its pidfd said so): reap the zombie
+
+    def close(self) -> None:
+        """Let an unused spare go (it exits on EOF), and reap it."""
+        pid = self._spares.pid
+        self._spares.retire()
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+_local: list[LocalSpare] = []
+
+
+def make_local_spare(close_in_child: Iterable[int] = ()) -> LocalSpare:
+    """Make this process's :class:`LocalSpare` (see there); ``local_spare()`` returns it."""
+    spare = LocalSpare(close_in_child)
+    _local[:] = [spare]
+    return spare
+
+
+def local_spare() -> LocalSpare | None:
+    """This process's :class:`LocalSpare`, if one was made here (not in a parent)."""
+    if _local and _local[0]._spares.zygote == os.getpid():
+        return _local[0]
+    return None
 
 
 def _own_process_group() -> None:  # pragma: no cover - runs in the zygote before exec

@@ -329,3 +329,32 @@ def test_the_spare_ends_when_its_zygote_is_killed() -> None:
         _wait_until_dead(spare)
     finally:
         z.close()
+
+
+def test_a_local_spare_serves_one_start_then_the_caller_forks() -> None:
+    from pycontain.engine.zygote import local_spare, make_local_spare
+
+    shape = ChildSpec(argv=["true"], new={"pid", "net", "ipc", "uts"})
+    spare = make_local_spare()
+    try:
+        assert local_spare() is spare
+        made = spare._spares.pid
+        assert made is not None and spare.fits(shape)
+        assert not spare.fits(ChildSpec(argv=["true"], new={"uts"}))  # no new pid namespace: not for it
+        child = real_start(shape, zygote=spare)
+        assert child.pid == made and child.wait() == 0
+        assert not spare.fits(shape)  # one use
+        child = real_start(shape, zygote=spare)  # forked from the caller, as without a spare
+        assert child.pid != made and child.wait() == 0
+    finally:
+        spare.close()
+
+
+def test_an_unused_local_spare_goes_with_close() -> None:
+    from pycontain.engine.zygote import make_local_spare
+
+    spare = make_local_spare()
+    made = spare._spares.pid
+    assert made is not None
+    spare.close()
+    assert not os.path.exists(f"/proc/{made}")  # exited and reaped
