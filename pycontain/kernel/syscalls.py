@@ -407,9 +407,19 @@ def openat2(dirfd: int, path: str | os.PathLike[str], flags: int, resolve: int, 
     """
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     raw = _fs(path)
-    ret = int(_c_syscall(ctypes.c_long(_NR_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
-                         ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    for _attempt in range(_OPENAT2_ATTEMPTS):
+        ret = int(_c_syscall(ctypes.c_long(_NR_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
+                             ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+        # EAGAIN: with RESOLVE_IN_ROOT/BENEATH, a mount or rename anywhere on
+        # the host raced a ".." of the walk, and the kernel would not vouch
+        # for it; openat2(2) says to retry (nothing was opened). Containers
+        # tearing down elsewhere unmount all the time.
+        if ret >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
     return _check(ret, "openat2", path)
+
+
+_OPENAT2_ATTEMPTS = 32
 
 
 # mount_setattr(2) -- include/uapi/linux/mount.h
