@@ -51,10 +51,9 @@ def _loops() -> frozenset[str]:
     return frozenset(out)
 
 
-def _descendants() -> frozenset[tuple[int, str]]:
-    me = os.getpid()
-    children: dict[int, list[int]] = {}
-    comm: dict[int, str] = {}
+def processes() -> list[tuple[int, int, str]]:
+    """(pid, ppid, comm) of every process in /proc."""
+    out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -64,9 +63,16 @@ def _descendants() -> frozenset[tuple[int, str]]:
         except OSError:
             continue
         rparen = stat.rfind(")")
-        ppid = int(stat[rparen + 2 :].split()[1])
-        pid = int(name)
-        comm[pid] = stat[stat.find("(") + 1 : rparen]
+        out.append((int(name), int(stat[rparen + 2 :].split()[1]), stat[stat.find("(") + 1 : rparen]))
+    return out
+
+
+def _descendants() -> frozenset[tuple[int, str]]:
+    me = os.getpid()
+    children: dict[int, list[int]] = {}
+    comm: dict[int, str] = {}
+    for pid, ppid, name in processes():
+        comm[pid] = name
         children.setdefault(ppid, []).append(pid)
     out = set()
     stack = list(children.get(me, []))

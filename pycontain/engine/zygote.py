@@ -55,7 +55,7 @@ from typing import Any
 
 from pycontain.engine import child as _child
 from pycontain.engine import forker
-from pycontain.engine.process import is_open
+from pycontain.engine.process import DirectReaper, is_open
 from pycontain.engine.spec import ChildSpec
 from pycontain.errors import InvalidArgument, KernelError, PycontainError, kernel_error
 from pycontain.kernel import syscalls
@@ -794,29 +794,13 @@ class LocalSpare:
                               hint="fork without it (pycontain does so by itself)")
         return pid
 
-    # the reaper interface of Child: our own children, reaped here
+    # the reaper interface of Child: our own children, reaped here as any other
 
     def poll_status(self, pid: int) -> int | None:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            raise KernelError("the child was reaped elsewhere", op="waitpid", errno=errno.ECHILD) from None
-        return status if done else None
+        return DirectReaper().poll_status(pid)
 
     def wait_status(self, pid: int, deadline: float | None) -> int | None:
-        if deadline is None:
-            try:
-                return os.waitpid(pid, 0)[1]
-            except ChildProcessError:
-                raise KernelError("the child was reaped elsewhere", op="waitpid", errno=errno.ECHILD) from None
-        while True:
-            status = self.poll_status(pid)
-            if status is not None:
-                return status
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            time.sleep(min(left, 0.005))
+        return DirectReaper().wait_status(pid, deadline)
 
     def forget(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pycontain.kernel.proc import MountInfo, mountinfo
+from pycontain.kernel.proc import MountInfo, mountinfo, read_text
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -122,22 +122,7 @@ from pycontain.kernel import syscalls as _sys  # noqa: E402
 
 def read(path: str) -> str:
     """The whole text of a cgroup (or /sys) file; typed error on failure."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise kernel_error("read", e.errno or _errno.EIO, path=path) from None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except OSError as e:
-        raise kernel_error("read", e.errno or _errno.EIO, path=path) from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape")
+    return read_text(path)
 
 
 def read_fast(path: str) -> bytes | None:

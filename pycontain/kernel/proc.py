@@ -90,7 +90,8 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
     return mounts
 
 
-def _read(path: str, op: str = "read") -> str:
+def read_text(path: str, op: str = "read") -> str:
+    """The whole text of a /proc, /sys or cgroup file; a typed error (naming ``op``) on failure."""
     # os.open/os.read, not open(): no TextIOWrapper, isatty ioctl, seeks and
     # fstats (5 system calls fewer per file; these run in every container's setup).
     try:
@@ -123,7 +124,7 @@ def mountinfo(pid: int | str = "self", fstypes: Collection[str] | None = None) -
     """The mounts seen by process ``pid`` (default: the caller); with
     ``fstypes``, only those of these filesystem types (e.g. ``("cgroup",
     "cgroup2")``: the other lines are not parsed)."""
-    text = _read(f"{PROC}/{pid}/mountinfo")
+    text = read_text(f"{PROC}/{pid}/mountinfo")
     if fstypes is not None:
         text = _of_types(text, fstypes)
     return parse_mountinfo(text)
@@ -217,7 +218,7 @@ def parse_proc_cgroup(text: str) -> list[CgroupMembership]:
 
 def proc_cgroup(pid: int | str = "self") -> list[CgroupMembership]:
     """The cgroups process ``pid`` is in (v1 hierarchies and the v2 ``0::`` line)."""
-    return parse_proc_cgroup(_read(f"{PROC}/{pid}/cgroup"))
+    return parse_proc_cgroup(read_text(f"{PROC}/{pid}/cgroup"))
 
 
 # -- status -------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def parse_status(text: str) -> dict[str, str]:
 
 def status(pid: int | str = "self") -> dict[str, str]:
     """/proc/PID/status as a dict of raw strings (``"CapEff"``, ``"Seccomp"``, ...)."""
-    return parse_status(_read(f"{PROC}/{pid}/status"))
+    return parse_status(read_text(f"{PROC}/{pid}/status"))
 
 
 def threads(pid: int | str = "self") -> int:
@@ -288,7 +289,7 @@ def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
 
 def net_dev(pid: int | str = "self") -> dict[str, dict[str, int]]:
     """Traffic counters of every interface in process ``pid``'s network namespace."""
-    return parse_net_dev(_read(f"{PROC}/{pid}/net/dev"))
+    return parse_net_dev(read_text(f"{PROC}/{pid}/net/dev"))
 
 
 # -- file descriptors -----------------------------------------------------------------
@@ -300,7 +301,7 @@ def mount_id(path: str) -> int:
     mountinfo to tell whether a directory is a mount point."""
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
-        for line in _read(f"{PROC}/self/fdinfo/{fd}").splitlines():
+        for line in read_text(f"{PROC}/self/fdinfo/{fd}").splitlines():
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
     finally:

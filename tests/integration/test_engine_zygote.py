@@ -16,6 +16,7 @@ from pycontain.engine.zygote import SPARE_NAME
 from pycontain.errors import KernelError
 from tests.integration import test_engine as engine_tests
 from tests.integration.test_engine import *  # noqa: F403 - the same tests, collected here again
+from tests.leaks import processes
 
 # Not about the fork source: it starts its own intermediate process.
 del test_pdeathsig_child_dies_with_creator  # noqa: F821
@@ -206,19 +207,7 @@ def test_zygote_has_its_own_process_group_children_join_ours(zygote: Zygote) -> 
 
 
 def _spares(zygote: Zygote) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, rest = stat[stat.find("(") + 1:stat.rfind(")")], stat[stat.rfind(")") + 2:]
-        if comm == SPARE_NAME and int(rest.split()[1]) == zygote.pid:
-            out.append(int(name))
-    return out
+    return [pid for pid, ppid, comm in processes() if comm == SPARE_NAME and ppid == zygote.pid]
 
 
 def _wait_for_spare(zygote: Zygote, not_pid: int | None = None) -> int:
