@@ -118,8 +118,10 @@ class OverlayDriver:
         sd.unregister(self.store, plan.owner)
         # What prepare() made, and overlayfs' own work/work; an upper dir with
         # files in it sends remove_dir to a full walk.
-        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/", "work/incompat/volatile/",
-                                           "work/incompat/", "work/", "upper/", "empty/", "host-empty/", "host/"))
+        # (A volatile mount leaves the file work/work/incompat/volatile/dirty.)
+        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/incompat/volatile/dirty",
+                                           "work/work/incompat/volatile/", "work/work/incompat/", "work/work/",
+                                           "work/", "upper/", "empty/", "host-empty/", "host/"))
 
 
 def _has_volatile() -> bool:

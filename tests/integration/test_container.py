@@ -360,3 +360,20 @@ def test_wait_learns_the_exit_from_pid1_and_the_zygote_keeps_no_status() -> None
         assert c.wait(timeout=30) == 0
     assert zygote._statuses == {}
     assert len(zygote._forgotten) <= 1
+
+
+def test_remove_deletes_what_it_expects_without_a_tree_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The writable layer's and the state's directories hold known entries
+    # (overlay's volatile marker too): removed one syscall each.
+    import shutil
+
+    c = Container(command=["true"])
+    c.start()
+    assert c.wait(timeout=30) == 0
+    walked: list[str] = []
+    real = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: (walked.append(str(path)), real(path, *a, **k)))
+    c.remove()
+    monkeypatch.undo()
+    assert walked == []
+    assert not c._state_path.exists() and not c._layers_path().exists()
