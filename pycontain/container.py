@@ -450,6 +450,7 @@ class Container:
                             pids=self.config.pids, cpuset=self.config.cpuset)
                 cleanup.callback(cg.remove)
                 self._cgroup = cg
+                _prune_parent_at_exit()
                 _fault("after_cgroup")
                 # 3. the network namespace, made first when a network needs it
                 net = _prepare_network(self)
@@ -1209,6 +1210,30 @@ _ZYGOTE_PRELOAD = (
 #: What a zygote runs when its caller died without closing it: collect what
 #: the caller's containers left behind, at once.
 ZYGOTE_CLEANUP = "pycontain.container_gc:collect"
+
+#: Whether this process removes the standing ``pycontain/containers`` cgroup
+#: parent at exit once it is empty (container_gc.prune_standing_parent). The
+#: CLI server's workers leave that to the server, which prunes when it stops:
+#: a worker lives for one command, and the next would make it again.
+PRUNE_PARENT_AT_EXIT = True
+
+_PRUNE_REGISTERED: list[bool] = []
+
+
+def _prune_parent_at_exit() -> None:
+    """Once per process that started a container: prune the standing parent at exit."""
+    if _PRUNE_REGISTERED:
+        return
+    _PRUNE_REGISTERED.append(True)
+    import atexit
+
+    def prune() -> None:
+        if PRUNE_PARENT_AT_EXIT:
+            from pycontain.container_gc import prune_standing_parent
+
+            prune_standing_parent()
+
+    atexit.register(prune)
 
 
 def _fork_source() -> Any:

@@ -186,6 +186,18 @@ def _cgroup_roots() -> list[str]:
     return [f"{m}/{CGROUP_PARENT}" for m in dict.fromkeys(mounts)]
 
 
+def prune_standing_parent() -> None:
+    """Remove the containers' standing cgroup parent (``pycontain/containers``)
+    in every hierarchy where it is empty. Containers keep it while a process
+    runs them (making and pruning it with each container cost a mkdir and
+    an rmdir per hierarchy); the process removes it as it exits, so nothing
+    of pycontain's is left below ``pycontain/`` once no container runs.
+    Where another process's container still lives, rmdir says EBUSY: it stays."""
+    for root in _cgroup_roots():
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+
+
 def _cgroup_names() -> set[str]:
     from pycontain.kernel import cgroupfs
 

@@ -26,7 +26,8 @@ def _pycontain_cgroups() -> frozenset[str]:
     for parent in glob.glob("/sys/fs/cgroup/*/pycontain") + glob.glob("/sys/fs/cgroup/pycontain"):
         for dirpath, _dirs, _files in os.walk(parent):
             # Nested parents go with their last cgroup, so they count too;
-            # /pycontain and the containers' standing parent stay.
+            # /pycontain stays, and the containers' standing parent until
+            # the process that ran them exits.
             if dirpath not in (parent, f"{parent}/containers"):
                 out.add(dirpath)
     return frozenset(out)

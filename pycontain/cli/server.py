@@ -903,8 +903,10 @@ def _worker(request: Request, fds: list[int], conn_fd: int, status_fd: int, clos
         os.environb.update(request.env)
         _reopen_stdio(set(request.stdio))
         sys.argv = ["pycontain", *request.argv]
+        from pycontain import container
         from pycontain.cli import main
 
+        container.PRUNE_PARENT_AT_EXIT = False  # the server prunes it when it stops
         code = main(request.argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -1085,4 +1087,11 @@ def serve(path: str, idle_s: float | None = None) -> int:
     Raises PermissionError when the socket's directory is not this uid's own
     0700 directory.
     """
-    return Server(path, idle_s).serve()
+    try:
+        return Server(path, idle_s).serve()
+    finally:
+        # Its workers leave the containers' standing cgroup parent to it
+        # (pycontain.container.PRUNE_PARENT_AT_EXIT): it goes, if empty, now.
+        from pycontain.container_gc import prune_standing_parent
+
+        prune_standing_parent()

@@ -377,3 +377,16 @@ def test_remove_deletes_what_it_expects_without_a_tree_walk(monkeypatch: pytest.
     monkeypatch.undo()
     assert walked == []
     assert not c._state_path.exists() and not c._layers_path().exists()
+
+
+def test_a_process_prunes_the_standing_parent_as_it_exits() -> None:
+    # Kept while a process runs containers (see the test above); gone, when
+    # empty, once the process exits: nothing of pycontain's stays below pycontain/.
+    with Container(command=["true"]) as c:
+        assert c.wait(timeout=30) == 0
+        assert c.cgroup is not None
+        parents = [os.path.dirname(p.rsplit("/", 1)[0]) for p in c.cgroup.procs_files]
+    assert all(os.path.isdir(p) for p in parents)  # this process still runs (it keeps them)
+    code = "import pycontain; assert pycontain.run(['true']).returncode == 0"
+    subprocess.run([sys.executable, "-c", code], env=os.environ, check=True, timeout=60)
+    assert [p for p in parents if os.path.isdir(p)] == []
