@@ -1208,8 +1208,9 @@ _ZYGOTE_PRELOAD = (
 
 
 #: What a zygote runs when its caller died without closing it: collect what
-#: the caller's containers left behind, at once.
-ZYGOTE_CLEANUP = "pycontain.container_gc:collect"
+#: the caller's containers left behind, at once (and prune the standing
+#: cgroup parent, which the caller's atexit would have done).
+ZYGOTE_CLEANUP = "pycontain.container_gc:after_creator_died"
 
 #: Whether this process removes the standing ``pycontain/containers`` cgroup
 #: parent at exit once it is empty (container_gc.prune_standing_parent). The

@@ -198,6 +198,13 @@ def prune_standing_parent() -> None:
             os.rmdir(root)
 
 
+def after_creator_died() -> None:
+    """What a zygote runs once its creator died without closing it: collect
+    what the creator's containers left, then prune the standing parent."""
+    collect()
+    prune_standing_parent()
+
+
 def _cgroup_names() -> set[str]:
     from pycontain.kernel import cgroupfs
 

@@ -516,7 +516,7 @@ class Zygote:
         cleanup: ``"module:function"`` the zygote calls if the caller dies
             without closing it (killed, crashed), once the caller is gone
             and its children that die with it are reaped; containers use
-            ``"pycontain.container_gc:collect"``, so what they left behind
+            ``"pycontain.container_gc:after_creator_died"``, so what they left behind
             goes at once.
 
     It is a context manager; :meth:`close` stops it (and its children).
