@@ -124,6 +124,26 @@ def _frame(data: bytes) -> bytes:
     return len(data).to_bytes(_HEADER, "big") + data
 
 
+def _send_request(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """A framed request, its fds sent with its first bytes (SCM_RIGHTS)."""
+    sent = socket.send_fds(sock, [data], fds)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def _recv_request(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One framed request and the fds sent with its first bytes (SCM_RIGHTS).
+
+    Raises:
+        EOFError: the other end closed the socket.
+    """
+    head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
+    if not head:
+        raise EOFError
+    head += _recv_exact(sock, _HEADER - len(head))
+    return _recv_exact(sock, int.from_bytes(head, "big")), fds
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -290,9 +310,7 @@ class _Spares:  # pragma: no cover - in the helper
             pid, sock = self.pid, self.sock
             self.pid = self.sock = None
             try:
-                sent = socket.send_fds(sock, [_frame(payload)], fds)
-                if sent < len(payload) + _HEADER:
-                    sock.sendall(_frame(payload)[sent:])
+                _send_request(sock, _frame(payload), fds)
             except OSError:
                 self.retired.add(pid)  # it died meanwhile: try a fresh one
                 continue
@@ -361,13 +379,9 @@ class _Spares:  # pragma: no cover - in the helper
             if premade:
                 os._exit(0)  # a net namespace without loopback: let the zygote fork as usual
         try:
-            head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
-            if not head:
-                os._exit(0)  # retired, or the zygote is gone
-            head += _recv_exact(sock, _HEADER - len(head))
-            payload = _recv_exact(sock, int.from_bytes(head, "big"))
+            payload, fds = _recv_request(sock)
         except (EOFError, ConnectionError):
-            os._exit(0)
+            os._exit(0)  # retired, or the zygote is gone
         with contextlib.suppress(Exception):
             syscalls.set_name(self.name)
         sock.close()
@@ -397,13 +411,9 @@ def _loop(sock: socket.socket, fd: int, wake_r: int, wake_w: int, me: int, watch
         if sock.fileno() not in ready:
             continue
         try:
-            head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER, _MAX_FDS)
-            if not head:
-                return True  # EOF without a goodbye: the caller is gone
-            head += _recv_exact(sock, _HEADER - len(head))
-            payload = _recv_exact(sock, int.from_bytes(head, "big"))
+            payload, fds = _recv_request(sock)
         except (EOFError, ConnectionError):
-            return True
+            return True  # EOF without a goodbye: the caller is gone
         try:
             req_id, spec, env, targets = cloudpickle.loads(payload)
         except Exception as e:
@@ -571,9 +581,7 @@ class Zygote:
             except Exception as e:
                 raise _unsendable(spec, e) from e
             try:
-                sent = socket.send_fds(self._sock, [data], fds)
-                if sent < len(data):
-                    self._sock.sendall(data[sent:])
+                _send_request(self._sock, data, fds)
             except OSError as e:
                 self._dead = True
                 raise kernel_error("send to zygote", e.errno or errno.EPIPE) from None
@@ -750,7 +758,7 @@ def _unsendable(spec: ChildSpec, e: Exception) -> InvalidArgument:
                            "or start without zygote= to fork the caller")
 
 
-class LocalSpare:
+class LocalSpare(DirectReaper):
     """A spare child of this very process, made ahead of one container start.
 
     For a short-lived single-threaded process that will start one container
@@ -794,13 +802,7 @@ class LocalSpare:
                               hint="fork without it (pycontain does so by itself)")
         return pid
 
-    # the reaper interface of Child: our own children, reaped here as any other
-
-    def poll_status(self, pid: int) -> int | None:
-        return DirectReaper().poll_status(pid)
-
-    def wait_status(self, pid: int, deadline: float | None) -> int | None:
-        return DirectReaper().wait_status(pid, deadline)
+    # As the reaper of Child (poll_status, wait_status): our own children, reaped as any other.
 
     def forget(self, pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
