@@ -168,7 +168,10 @@ class Child:
     # -- waiting ---------------------------------------------------------------------
 
     def _set_status(self, status: int) -> None:
-        self.returncode = os.waitstatus_to_exitcode(status)
+        self._ended(os.waitstatus_to_exitcode(status))
+
+    def _ended(self, returncode: int) -> None:
+        self.returncode = returncode
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -245,9 +248,7 @@ class Child:
                 code = status_from()
                 if code is not None:
                     self._reaper.forget(self.relay_pid)
-                    self.returncode = code
-                    os.close(self._pidfd)
-                    self._pidfd = None
+                    self._ended(code)
             if self.returncode is None:
                 status = self._reaper_call(self._reaper.wait_status, deadline)
                 if status is None:

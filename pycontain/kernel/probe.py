@@ -41,6 +41,7 @@ from typing import Any
 
 from pycontain.errors import PycontainError
 from pycontain.kernel import constants as C
+from pycontain.kernel.proc import read_all
 
 PROC_SYS = "/proc/sys"
 
@@ -227,16 +228,13 @@ def _fork_probe(fn: Callable[[], dict[str, Any]]) -> tuple[int, int]:
 
 def _collect(pid: int, r: int) -> dict[str, Any]:
     """Read a forked probe's result and reap it."""
-    chunks = []
-    while True:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
+    try:
+        data = read_all(r)
+    finally:
+        os.close(r)
     _, status = os.waitpid(pid, 0)
     try:
-        return dict(json.loads(b"".join(chunks)))
+        return dict(json.loads(data))
     except ValueError:
         return {"ok": False, "errno": None, "error": f"probe process died (wait status {status})"}
 

@@ -90,6 +90,16 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
     return mounts
 
 
+def read_all(fd: int) -> bytes:
+    """Everything ``fd`` yields until end of file."""
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 def read_text(path: str, op: str = "read") -> str:
     """The whole text of a /proc, /sys or cgroup file; a typed error (naming ``op``) on failure."""
     # os.open/os.read, not open(): no TextIOWrapper, isatty ioctl, seeks and
@@ -97,17 +107,12 @@ def read_text(path: str, op: str = "read") -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            data = read_all(fd)
         finally:
             os.close(fd)
     except OSError as e:
         raise kernel_error(op, e.errno or errno.EIO, path=path) from None
-    return b"".join(chunks).decode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _of_types(text: str, fstypes: Collection[str]) -> str:
