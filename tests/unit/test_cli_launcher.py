@@ -8,20 +8,18 @@ end to end without installing anything and without root.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.launcher import LAUNCHER, load_launcher
+
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER = REPO / "bin" / "pycontain"
 PYVER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
 # A stand-in for pycontain.cli: reports how it was started, exits 7.
@@ -39,15 +37,6 @@ def main():
                       "hook_ran": os.environ.get("OTHER_HOOK_RAN"), "mods": mods, "path": sys.path}))
     return 7
 """
-
-
-def load_launcher() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("pycontain_launcher", str(LAUNCHER))
-    spec = importlib.util.spec_from_loader("pycontain_launcher", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
 
 
 def fake_venv(root: Path, *, system_site: bool = False, with_cli: bool = True) -> Path:

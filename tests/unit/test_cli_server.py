@@ -3,27 +3,14 @@ that the launcher's copy of the rules matches the server module's)."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from pycontain.cli import server
-
-LAUNCHER = Path(__file__).resolve().parents[2] / "bin" / "pycontain"
-
-
-def load_launcher() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("pycontain_launcher_cs", str(LAUNCHER))
-    spec = importlib.util.spec_from_loader("pycontain_launcher_cs", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+from tests.launcher import LAUNCHER, load_launcher
 
 
 def test_frames_round_trip() -> None:
