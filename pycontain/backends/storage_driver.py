@@ -41,6 +41,7 @@ records why it failed (:func:`probe_drivers`, shown by ``doctor()``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -297,42 +298,39 @@ def unregister(st: Store, owner: str) -> None:
 def _registered(st: Store) -> dict[str, dict[str, Any]]:
     """owner -> what its plan says (container_dir, image, layers, driver), for
     the prepared rootfs still present."""
+    def read(path: str) -> Any:
+        with open(path) as f:
+            return json.load(f)
+
     out = {}
     own = _own_rootfs_dir(st)
-    try:
-        for name in os.listdir(own):
-            try:
-                with open(os.path.join(own, name, PLAN_FILE)) as f:
-                    d = json.load(f)
-            except (OSError, ValueError):
-                continue
+    for name in _listdir(own):
+        with contextlib.suppress(OSError, ValueError):
+            d = read(os.path.join(own, name, PLAN_FILE))
             if isinstance(d, dict):
                 d["container_dir"] = os.path.join(own, name)
                 out[str(d.get("owner") or name)] = d
-    except FileNotFoundError:
-        pass
     reg = _registry(st)
-    try:
-        names = os.listdir(reg)
-    except FileNotFoundError:
-        return out
-    for name in names:
+    for name in _listdir(reg):
         try:
             if name.endswith(".json"):
-                with open(os.path.join(reg, name)) as f:
-                    d = json.load(f)
-                owner = name[:-5]
+                d, owner = read(os.path.join(reg, name)), name[:-5]
             else:
                 container_dir = os.path.normpath(os.path.join(reg, os.readlink(os.path.join(reg, name))))
-                with open(os.path.join(container_dir, PLAN_FILE)) as f:
-                    d = json.load(f)
+                d, owner = read(os.path.join(container_dir, PLAN_FILE)), name
                 d["container_dir"] = container_dir
-                owner = name
         except (OSError, ValueError):
             continue
         if isinstance(d, dict) and os.path.exists(os.path.join(d.get("container_dir", "/nonexistent"), PLAN_FILE)):
             out[owner] = d
     return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def containers_using(st: Store, image_digest: str) -> list[str]:
