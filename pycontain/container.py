@@ -1751,9 +1751,7 @@ def containers(all: bool = True) -> pd.DataFrame:
 
     rows = []
     for st in _iter_states():
-        status = st.get("status")
-        if status in ("running", "paused") and not _alive(st.get("pid")):
-            status = "exited"
+        status = st.get("status")  # brought up to date by _refresh (the exit file, PID 1's liveness)
         orphan = not st.get("detach") and not _alive(st.get("creator_pid"))
         if not all and status not in ("running", "paused"):
             continue
