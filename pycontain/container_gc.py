@@ -143,7 +143,8 @@ def _read_states() -> dict[str, tuple[dict[str, Any] | None, bool]]:
     for name in _listdir(root):
         path = os.path.join(root, name)
         try:
-            st = dict(read_json(Path(path) / "state.json"))
+            # One read: a state being written is young, and skipped below.
+            st = dict(read_json(Path(path) / "state.json", attempts=1))
         except (OSError, ValueError):
             try:
                 old = now - os.stat(path).st_mtime > _STALE_EMPTY_S

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,7 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so readers never see half a file."""
     # One dumps and one write (json.dump writes chunk by chunk); the
     # directory is made only if the first try says it is missing.
-    # No indent: json's C encoder only serves compact output (indented, the
-    # pure-Python one took ~0.35 ms per state file).
-    text = (json.dumps(data, sort_keys=True) + "\n").encode()
+    text = _encode(data)
     try:
         fd, tmp = _temp_file(str(path.parent), f".{path.name}.")
     except FileNotFoundError:
@@ -116,9 +115,79 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
-def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+def create_json(path: Path, data: Any) -> None:
+    """Write JSON to ``path``, a new file (``FileExistsError`` if it exists), in one write.
+
+    For a file in a directory the caller has just made, where a temporary
+    file and a rename (write_json) would cost two more metadata operations
+    on the hot path: a reader that comes between the create and the write
+    sees an empty file, which fails to parse, and read_json retries.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, _encode(data))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def rewrite_json(path: Path, data: Any) -> None:
+    """Replace the JSON in ``path`` in place: one pwrite(2) at offset 0.
+
+    No temporary file, no rename: no inode made and freed. The text is
+    padded with spaces (JSON allows trailing whitespace) to at least the old
+    length, so no truncate is needed and the file holds a whole document
+    before and after the one system call, whenever the writer dies. A reader
+    that reads during the write may see a mix that fails to parse; read_json
+    retries.
+    """
+    text = _encode(data)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        old = os.fstat(fd).st_size
+        if len(text) < old:
+            text = text[:-1] + b" " * (old - len(text)) + b"\n"
+        os.pwrite(fd, text, 0)
+    finally:
+        os.close(fd)
+
+
+def _encode(data: Any) -> bytes:
+    # No indent: json's C encoder only serves compact output (indented, the
+    # pure-Python one took ~0.35 ms per state file).
+    return (json.dumps(data, sort_keys=True) + "\n").encode()
+
+
+#: How often read_json reads again a document that does not parse (a writer
+#: is mid-write: create_json, rewrite_json), and the pause between reads.
+_READ_ATTEMPTS = 5
+_READ_PAUSE_S = 0.002
+
+
+def read_json(path: Path, attempts: int = _READ_ATTEMPTS) -> Any:
+    """The JSON document in ``path``.
+
+    One that does not parse is read again, up to ``attempts`` reads in all
+    (~10 ms by default): a writer may be between its create and its write,
+    or mid-write.
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError: there is none).
+        ValueError: it still does not parse.
+    """
+    for attempt in range(attempts):
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            if attempt >= attempts - 1:
+                raise
+            time.sleep(_READ_PAUSE_S)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
