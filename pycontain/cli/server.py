@@ -91,6 +91,12 @@ WARM_CALLS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("pycontain.backends.hardening", "prepare", {}),
 )
 
+#: The C client (client.c beside this module; see build_client): the server
+#: builds it into its socket directory, where bin/pycontain's shell line finds
+#: it under CLIENT_NAME (the launcher has the same name: tests keep them equal).
+CLIENT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "client.c")
+CLIENT_NAME = f"pycontain-client-{PROTOCOL}"
+
 HEADER = 9  # kind byte + 8 hex digits of length
 MAX_FRAME = 16 << 20  # a run request: arguments + environment, far below this
 
@@ -248,6 +254,131 @@ def check_dir(path: str) -> None:
                               f"(uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
 
 
+# -- the C client ----------------------------------------------------------------
+#
+# The Python client in bin/pycontain costs an interpreter's start (~17 ms
+# here) before it can say a word to the server; client.c does the same job in
+# ~1 ms. The server builds it, once per source (its name carries a hash of
+# client.c and the protocol), in a child process at low priority after it
+# took its socket: never on a command's critical path, and never at all
+# without a C compiler (the Python client then keeps doing the job).
+
+
+def client_compiler(environ: Any = None) -> list[str] | None:
+    """The C compiler command: ``$CC`` (split as a shell would), else ``cc``,
+    found on ``PATH``; None when there is none."""
+    import shlex
+    import shutil
+
+    env = os.environ if environ is None else environ
+    try:
+        words = shlex.split(env.get("CC") or "cc")
+    except ValueError:
+        return None
+    if not words:
+        return None
+    exe = shutil.which(words[0], path=env.get("PATH") or os.defpath)
+    return None if exe is None else [exe, *words[1:]]
+
+
+def client_build_id(source: bytes) -> str:
+    """What names a build of the C client: its source and the protocol."""
+    import hashlib
+
+    return hashlib.sha256(PROTOCOL.encode() + b"\0" + source).hexdigest()[:16]
+
+
+def client_build_commands(cc: list[str], out: str, source: str = CLIENT_SOURCE) -> list[list[str]]:
+    """The compiler commands to try in turn: static first (no dynamic loader
+    to run at each start: ~0.3 ms here), then dynamic (not every libc ships
+    a static library)."""
+    flags = ["-O2", f'-DPYCONTAIN_PROTOCOL="{PROTOCOL}"', "-o", out, source]
+    return [[*cc, "-static", *flags], [*cc, *flags]]
+
+
+def _build_client(directory: str, build_id: str, cc: list[str], close: Any) -> None:
+    """The builder process: compile client.c into ``directory`` under a
+    temporary name, check that it runs and names this server's sockets as
+    :func:`socket_name` does, rename it into place and link it as
+    CLIENT_NAME. Never returns."""
+    code = 1
+    try:
+        os.setpgid(0, 0)  # the server kills the whole group (cc, cc1, as, ld) if it stops first
+        _reset_signals()
+        _close_all(close)
+        os.nice(10)
+        import subprocess
+
+        built = f"{directory}/{CLIENT_NAME}-{build_id}"
+        tmp = f"{built}.{os.getpid()}.tmp"
+        try:
+            for cmd in client_build_commands(cc, tmp):
+                if subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=300).returncode == 0:
+                    break
+            else:
+                return
+            # A compiler can "succeed" into something that does not run here
+            # (a noexec mount, a cross compiler): the shell line would fail on
+            # it for good. Check, with any file as the launcher.
+            expected = f"{directory}/{socket_name(sys.executable, os.stat(CLIENT_SOURCE))}\n"
+            env = dict(os.environ, PYCONTAIN_CLI_SERVER="1", PYCONTAIN_CLI_SERVER_DIR=directory)
+            out = subprocess.run([tmp, "--print-socket", sys.executable, CLIENT_SOURCE], env=env,
+                                 stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            if out.returncode != 0 or out.stdout != expected.encode("utf-8", "surrogateescape"):
+                return
+            os.chmod(tmp, 0o700)
+            os.rename(tmp, built)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        install_client(directory, build_id)
+        # Builds of older sources go (temporary files of another builder stay).
+        for name in os.listdir(directory):
+            if (name.startswith(CLIENT_NAME + "-") and name != os.path.basename(built)
+                    and not name.endswith(".tmp")):
+                try:
+                    os.unlink(f"{directory}/{name}")
+                except OSError:
+                    pass
+        code = 0
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)
+
+
+def install_client(directory: str, build_id: str) -> bool:
+    """Make ``directory``/CLIENT_NAME the build ``build_id`` (a hard link,
+    swapped in by rename: the shell line never sees a missing or half file);
+    False when that build is not there or not ours."""
+    import stat
+
+    built = f"{directory}/{CLIENT_NAME}-{build_id}"
+    target = f"{directory}/{CLIENT_NAME}"
+    try:
+        st = os.lstat(built)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        try:
+            if os.lstat(target).st_ino == st.st_ino:
+                return True
+        except FileNotFoundError:
+            pass
+        tmp = f"{target}.{os.getpid()}.tmp"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.link(built, tmp)
+        os.rename(tmp, target)
+    except OSError:
+        return False
+    return True
+
+
 class _Job:
     """A running worker (or collector) and the client it answers to."""
 
@@ -306,6 +437,9 @@ class Server:
         # PYCONTAIN_CLI_SERVER_SPARE=0: no worker forked ahead (for comparisons)
         self.use_spare = os.environ.get("PYCONTAIN_CLI_SERVER_SPARE", "1") != "0"
         self.spare_after = 0.0  # no new spare before this time.monotonic() (one died unused)
+        self.builder: tuple[int, int] | None = None  # (pid, pidfd) of the C client's builder
+        self.client = "none"  # the C client: "ready", "building" or "none (why)"
+        self.build_id = ""
 
     # -- start ----------------------------------------------------------------
 
@@ -337,6 +471,11 @@ class Server:
                 self.sources.append((src, os.stat(src).st_mtime_ns))
             except OSError:
                 continue
+        try:
+            # An edited C client is stale code too: the next server builds it again.
+            self.sources.append((CLIENT_SOURCE, os.stat(CLIENT_SOURCE).st_mtime_ns))
+        except OSError:
+            pass
         gc.collect()
         gc.freeze()
 
@@ -464,6 +603,7 @@ class Server:
         self.fds.add(sel.fileno())
         sel.register(self.listener, selectors.EVENT_READ, "listen")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self.build_client(sel)
         last = time.monotonic()
         tick = min(5.0, self.idle_s)
         while True:
@@ -491,6 +631,8 @@ class Server:
                         self.accept(conn, sel)
                     except Exception:  # one odd client must not take the server down
                         conn.close()
+                elif what == "build":
+                    self.built(sel)
                 elif what == "wake":
                     try:
                         while wake_r.recv(64):
@@ -619,6 +761,85 @@ class Server:
                 return
             if 0 < signum < signal.NSIG and signum != signal.SIGKILL:
                 _kill(job.pid, signum)
+
+    # -- the C client ---------------------------------------------------------------
+
+    def build_client(self, sel: Any) -> None:
+        """Make the C client of this client.c ready in the socket directory:
+        link an existing build, else fork a builder (see _build_client)."""
+        import selectors
+
+        directory = os.path.dirname(self.path)
+        try:
+            with open(CLIENT_SOURCE, "rb") as f:
+                build_id = client_build_id(f.read())
+        except OSError:
+            self.client = "none (no client.c)"
+            return
+        if install_client(directory, build_id):
+            self.client = "ready"
+            return
+        cc = client_compiler()
+        if cc is None:
+            self.client = "none (no C compiler: $CC or cc)"
+            return
+        pid = os.fork()
+        if pid == 0:  # the builder: never returns
+            _build_client(directory, build_id, cc, close=list(self.fds))
+        try:
+            os.setpgid(pid, pid)  # here too: stop_build may kill the group before the child set it
+        except OSError:
+            pass
+        pidfd = os.pidfd_open(pid)
+        self.fds.add(pidfd)
+        self.builder = (pid, pidfd)
+        self.client = "building"
+        self.build_id = build_id
+        sel.register(pidfd, selectors.EVENT_READ, "build")
+
+    def built(self, sel: Any) -> None:
+        """The builder ended: the client is ready, or there is none."""
+        if self.builder is None:
+            return
+        pid, pidfd = self.builder
+        self.builder = None
+        sel.unregister(pidfd)
+        self.fds.discard(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            status = 1
+        ok = status == 0 and install_client(os.path.dirname(self.path), self.build_id)
+        self.client = "ready" if ok else "none (the build failed)"
+
+    def stop_build(self) -> None:
+        """Kill an unfinished build (its whole process group) and reap it."""
+        import signal
+
+        if self.builder is None:
+            return
+        pid, pidfd = self.builder
+        self.builder = None
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        self.fds.discard(pidfd)
+        os.close(pidfd)
+        # what it had half written
+        built = f"{os.path.dirname(self.path)}/{CLIENT_NAME}-{self.build_id}"
+        for tmp in (f"{built}.{pid}.tmp", f"{os.path.dirname(self.path)}/{CLIENT_NAME}.{pid}.tmp"):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self.client = "none (stopped while building)"
 
     # -- the spare worker ---------------------------------------------------------
     #
@@ -801,7 +1022,8 @@ class Server:
                 f"uptime_s {time.time() - self.started:.0f}\nserved {self.served}\nby_spare {self.by_spare}\n"
                 f"running {len(self.conns)}\n"
                 f"idle_timeout_s {self.idle_s:g}\nmodules {len(self.sources)}\n"
-                f"spare {'ready' if self.spare is not None and self.spare.ready else 'none'}\n")
+                f"spare {'ready' if self.spare is not None and self.spare.ready else 'none'}\n"
+                f"client {self.client}\n")
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -1087,9 +1309,11 @@ def serve(path: str, idle_s: float | None = None) -> int:
     Raises PermissionError when the socket's directory is not this uid's own
     0700 directory.
     """
+    server = Server(path, idle_s)
     try:
-        return Server(path, idle_s).serve()
+        return server.serve()
     finally:
+        server.stop_build()
         # Its workers leave the containers' standing cgroup parent to it
         # (pycontain.container.PRUNE_PARENT_AT_EXIT): it goes, if empty, now.
         from pycontain.container_gc import prune_standing_parent
