@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pycontain.container_config import ContainerConfig, make_config, parse_command, parse_env, parse_signal
-from pycontain.container_gc import CGROUP_PARENT, container_key
+from pycontain.container_gc import CGROUP_PARENT, alive, container_key
 from pycontain.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -1038,7 +1038,7 @@ class _ExternalProcess:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
-        if self.returncode is None and not _alive(self.pid):
+        if self.returncode is None and not alive(self.pid):
             self.returncode = self._read_status()
         return self.returncode
 
@@ -1744,12 +1744,6 @@ def _prepare_network(container: Container) -> Any:
 # -- listing -------------------------------------------------------------------------------------------
 
 
-def _alive(pid: Any) -> bool:
-    from pycontain.kernel.proc import process_exists
-
-    return process_exists(pid)
-
-
 def _iter_states() -> Iterator[dict[str, Any]]:
     root = _containers_dir()
     if not root.is_dir():
@@ -1775,7 +1769,7 @@ def containers(all: bool = True) -> pd.DataFrame:
     rows = []
     for st in _iter_states():
         status = st.get("status")  # brought up to date by _refresh (the exit file, PID 1's liveness)
-        orphan = not st.get("detach") and not _alive(st.get("creator_pid"))
+        orphan = not st.get("detach") and not alive(st.get("creator_pid"))
         if not all and status not in ("running", "paused"):
             continue
         rows.append({
@@ -1914,7 +1908,7 @@ def _refresh(state: dict[str, Any]) -> dict[str, Any]:
     (PID 1 writes it as it leaves) or a PID 1 that is gone means exited."""
     if state.get("status") in ("running", "paused"):
         code = _exit_file_status(_containers_dir() / str(state.get("name")) / "exit")
-        if code is not None or not _alive(state.get("pid")):
+        if code is not None or not alive(state.get("pid")):
             state["status"] = "exited"
             if state.get("exit_code") is None:
                 state["exit_code"] = EXIT_SIGKILL if code is None else code  # no word from init: it was killed

@@ -96,10 +96,12 @@ def parse_key(key: str) -> tuple[str, str, int | None] | None:
     return name, cid, int(owner)
 
 
-def _alive(pid: Any) -> bool:
-    from pycontain.kernel.proc import process_exists
+def alive(pid: Any) -> bool:
+    """Whether process ``pid`` (a creator, a PID 1) still runs: a zombie does
+    not, e.g. a PID 1 killed by SIGKILL that its creator has not reaped yet."""
+    from pycontain.kernel.proc import process_alive
 
-    return process_exists(pid)
+    return process_alive(pid)
 
 
 def _containers_dir() -> str:
@@ -127,7 +129,7 @@ def _listdir(path: str) -> list[str]:
 
 
 def _is_garbage_state(st: dict[str, Any]) -> bool:
-    if _alive(st.get("creator_pid")):
+    if alive(st.get("creator_pid")):
         return False
     if not st.get("detach"):
         return True
@@ -165,7 +167,7 @@ def _key_is_garbage(key: str, states: dict[str, tuple[dict[str, Any] | None, boo
     if known is not None and known[0] is not None and str(known[0].get("id", "")).startswith(cid):
         return known[1]
     # Not (or no longer) one of our states: judge by the creator in the key.
-    return creator is not None and not _alive(creator)
+    return creator is not None and not alive(creator)
 
 
 _LAYOUT: list[Any] = []

@@ -11,7 +11,7 @@ import os
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from pycontain.errors import NotFound, kernel_error
+from pycontain.errors import NotFound, PycontainError, kernel_error
 from pycontain.kernel.constants import NAMESPACE_KINDS
 
 PROC = "/proc"
@@ -192,6 +192,28 @@ def process_exists(pid: object) -> bool:
     except PermissionError:  # someone else's: it exists
         return True
     return True
+
+
+def process_alive(pid: object) -> bool:
+    """True while process ``pid`` exists and has not exited: a zombie (state
+    Z, or X while it is reaped) is dead, whoever has yet to reap it. False
+    for junk like None or 0."""
+    if not process_exists(pid):
+        return False
+    try:
+        data = read_text(f"{PROC}/{pid}/stat")
+    except PycontainError:
+        return False  # gone since
+    return stat_state(data) not in ("Z", "X", "")
+
+
+def stat_state(stat: str) -> str:
+    """The state letter (R, S, D, Z, ...) of a /proc/PID/stat line; "" if none.
+
+    It is the field after the command name, which is in parentheses and may
+    itself hold ") " (proc(5)): so it is looked for after the last ")".
+    """
+    return stat[stat.rfind(")") + 2:][:1]
 
 
 def pids() -> list[int]:

@@ -212,6 +212,36 @@ def test_containers_seen_from_another_process() -> None:
         assert out.split() == ["running", "False"]
 
 
+def test_a_killed_pid1_not_yet_reaped_is_exited() -> None:
+    # SIGKILL leaves no exit file, and until its parent reaps it PID 1 is a
+    # zombie that still holds its pid: containers() must call it exited.
+    from pycontain.container import get
+
+    c = Container(command=["sleep", "30"])
+    try:
+        c.start()
+        with open(f"/proc/{c.pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        if parent != os.getpid():
+            os.kill(parent, signal.SIGSTOP)  # our zygote: it cannot reap meanwhile
+        try:
+            os.kill(c.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while not open(f"/proc/{c.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            st = get(c.name)
+            assert (st["status"], st["exit_code"]) == ("exited", 128 + signal.SIGKILL)
+            row = pycontain.containers().set_index("name").loc[c.name]
+            assert row.status == "exited"
+        finally:
+            if parent != os.getpid():
+                os.kill(parent, signal.SIGCONT)
+        assert c.wait(10) == 128 + signal.SIGKILL
+    finally:
+        c.remove(force=True)
+
+
 def test_exit_status_seen_from_another_process() -> None:
     """The creator does not rewrite the state at exit when PID 1 wrote the
     ``exit`` file; other processes read it from there (and 137 when PID 1
