@@ -50,10 +50,12 @@ from pycontain.errors import (
     kernel_error,
 )
 from pycontain.statedir import (
+    containers_dir,
     create_json,
     ensure_dir,
     read_json,
     rewrite_json,
+    rootfs_dir,
     state_dir,
     store_dir,
     validate_name,
@@ -75,14 +77,6 @@ DEFAULT_NAMESPACES = frozenset({"mnt", "pid", "uts", "ipc", "net", "cgroup"})
 EXIT_SIGKILL = 128 + signal.SIGKILL
 
 _ENV_DEFAULT = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "xterm"}
-
-
-def _containers_dir() -> Path:
-    return state_dir() / "containers"
-
-
-def _layers_dir() -> Path:
-    return store_dir() / "rootfs"
 
 
 @dataclass
@@ -204,7 +198,7 @@ class Container:
         #: names the cgroup and the writable layer, so garbage collection can
         #: judge them by their creator even without the state (container_gc).
         self._key = container_key(self.name, self.id, os.getpid(), self.config.detach)
-        self._state_path = _containers_dir() / self.name
+        self._state_path = containers_dir() / self.name
         self._child: Child | None = None
         self._cgroup: Cgroup | None = None
         self._rootfs: Any = None
@@ -234,7 +228,7 @@ class Container:
         self.name = state["name"]
         self.id = state.get("id") or ""
         self._key = state.get("key") or f"{self.name}-{self.id[:8]}"
-        self._state_path = _containers_dir() / self.name
+        self._state_path = containers_dir() / self.name
         self._lock = threading.RLock()
         self._removed = False
         self._rootfs = None
@@ -255,7 +249,7 @@ class Container:
         with contextlib.suppress(PycontainError):
             self._rootfs = _Rootfs.reopen(self._layers_path())
         if state.get("pid") and self._status in ("running", "paused"):
-            self._child = _ExternalProcess(int(state["pid"]), self._state_path / "exit")  # type: ignore[assignment]
+            self._child = _ExternalProcess(int(state["pid"]), self._exit_path)  # type: ignore[assignment]
         if self._child is not None:
             from pycontain.backends import hardening
 
@@ -276,7 +270,7 @@ class Container:
     def _reserve(self) -> None:
         """Claim the name in the state directory (atomically: mkdir)."""
         try:
-            ensure_dir(_containers_dir())
+            ensure_dir(containers_dir())
             os.mkdir(self._state_path, 0o700)
         except FileExistsError:
             raise AlreadyExists("a container of that name exists", field="name", value=self.name,
@@ -365,7 +359,7 @@ class Container:
         except KernelError:
             if isinstance(self._child, _ExternalProcess):
                 raise
-            external = _ExternalProcess(self._child.pid, self._state_path / "exit")
+            external = _ExternalProcess(self._child.pid, self._exit_path)
             self._child = external  # type: ignore[assignment]
             return external.poll()
 
@@ -466,7 +460,7 @@ class Container:
                 if self.config.userns is not None:
                     _check_userns_storage(self.config)
                 # 1. the writable root
-                with _no_space("prepare the writable layer", _layers_dir()):
+                with _no_space("prepare the writable layer", rootfs_dir()):
                     self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
                 cleanup.callback(self._rootfs.release)
                 _fault("after_rootfs")
@@ -502,7 +496,7 @@ class Container:
                     self.config.workdir or image_cfg.get("workdir") or "/",
                     self.config.user or image_cfg.get("user") or None,
                 )
-                exit_fd = os.open(self._state_path / "exit", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                exit_fd = os.open(self._exit_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                                   0o600)
                 cleanup.callback(os.close, exit_fd)
                 rootfs_plan = self._rootfs.sized.plan if self._rootfs.sized is not None else self._rootfs.plan
@@ -564,8 +558,14 @@ class Container:
             _fault("after_state_saved")  # (saved as running while the child set itself up)
             return self
 
+    @property
+    def _exit_path(self) -> Path:
+        """The ``exit`` file: PID 1 writes the workload's status there as it
+        leaves, for every process (wait, containers(), another process's open)."""
+        return self._state_path / "exit"
+
     def _layers_path(self) -> Path:
-        return _layers_dir() / self._key
+        return rootfs_dir() / self._key
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -583,7 +583,7 @@ class Container:
                     code = child.wait(timeout)
                 else:
                     # PID 1's exit file, once it is gone: no hop through the zygote.
-                    exit_file = self._state_path / "exit"
+                    exit_file = self._exit_path
                     code = child.wait(timeout, status_from=lambda: _exit_file_status(exit_file))
             except KernelError:  # the zygote is gone (see _poll_child)
                 self._poll_child()
@@ -606,7 +606,7 @@ class Container:
         self._status = "exited"
         if self._cgroup is not None and self._cgroup.frozen:
             self._cgroup.thaw()
-        if self._external or _exit_file_status(self._state_path / "exit") != self._exit_code:
+        if self._external or _exit_file_status(self._exit_path) != self._exit_code:
             # Other processes read the exit from the state's ``exit`` file,
             # which PID 1 wrote as it left (see _refresh); only a status it
             # could not write (PID 1 killed) needs recording here. Skipping
@@ -1745,7 +1745,7 @@ def _prepare_network(container: Container) -> Any:
 
 
 def _iter_states() -> Iterator[dict[str, Any]]:
-    root = _containers_dir()
+    root = containers_dir()
     if not root.is_dir():
         return
     for entry in sorted(root.iterdir()):
@@ -1897,7 +1897,7 @@ def get(name: str) -> dict[str, Any]:
     """
     validate_name(name)
     try:
-        state = dict(read_json(_containers_dir() / name / "state.json"))
+        state = dict(read_json(containers_dir() / name / "state.json"))
     except FileNotFoundError:
         raise NotFound("no such container", field="name", value=name, hint="pycontain ps -a lists them") from None
     return _refresh(state)
@@ -1907,7 +1907,7 @@ def _refresh(state: dict[str, Any]) -> dict[str, Any]:
     """A recorded state brought up to date: a status in the ``exit`` file
     (PID 1 writes it as it leaves) or a PID 1 that is gone means exited."""
     if state.get("status") in ("running", "paused"):
-        code = _exit_file_status(_containers_dir() / str(state.get("name")) / "exit")
+        code = _exit_file_status(containers_dir() / str(state.get("name")) / "exit")
         if code is not None or not alive(state.get("pid")):
             state["status"] = "exited"
             if state.get("exit_code") is None:

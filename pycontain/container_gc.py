@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pycontain.errors import PycontainError
-from pycontain.statedir import read_json, state_dir, store_dir
+from pycontain.statedir import containers_dir, read_json, rootfs_dir, state_dir
 
 #: Parent of every container cgroup, below each hierarchy root. Kept apart
 #: from ``pycontain/`` itself so collection never touches cgroups users made
@@ -104,14 +104,6 @@ def alive(pid: Any) -> bool:
     return process_alive(pid)
 
 
-def _containers_dir() -> str:
-    return os.path.join(state_dir(), "containers")
-
-
-def _rootfs_dir() -> str:
-    return os.path.join(store_dir(), "rootfs")
-
-
 def _netns_dir() -> str:
     return os.path.join(state_dir(), "networks", "netns")
 
@@ -140,7 +132,7 @@ def _is_garbage_state(st: dict[str, Any]) -> bool:
 def _read_states() -> dict[str, tuple[dict[str, Any] | None, bool]]:
     """name -> (state or None if unreadable, garbage?)."""
     out: dict[str, tuple[dict[str, Any] | None, bool]] = {}
-    root = _containers_dir()
+    root = str(containers_dir())
     now = time.time()
     for name in _listdir(root):
         path = os.path.join(root, name)
@@ -314,14 +306,14 @@ def collect(*, dry_run: bool = False) -> GcReport:
 
             attempt("rootfs", f"{key} (size-limited)", nsfs.unbind_namespace, os.path.join(storage_ns, key))
     # 4. writable layers of this store.
-    layers = _rootfs_dir()
+    layers = str(rootfs_dir())
     for key in sorted(_listdir(layers)):
         if _key_is_garbage(key, states):
             attempt("rootfs", key, _remove_rootfs, os.path.join(layers, key))
     # 5. the state directories themselves.
     for name, (_st, garbage) in sorted(states.items()):
         if garbage:
-            attempt("containers", name, shutil.rmtree, os.path.join(_containers_dir(), name))
+            attempt("containers", name, shutil.rmtree, os.path.join(str(containers_dir()), name))
     if released and not dry_run:
         try:
             _prune_networks(released)

@@ -47,6 +47,19 @@ def store_dir() -> Path:
     return Path("/var/lib/pycontain")
 
 
+def containers_dir() -> Path:
+    """One directory per container below the state directory (its
+    ``state.json``, ``exit`` file and log), named after the container."""
+    return state_dir() / "containers"
+
+
+def rootfs_dir(store: str | os.PathLike[str] | None = None) -> Path:
+    """The containers' writable layers in ``store`` (default: store_dir()),
+    one directory per container key: registered with the store by being
+    there (pycontain.backends.storage_driver)."""
+    return Path(store if store is not None else store_dir()) / "rootfs"
+
+
 def validate_name(name: object, field: str = "name") -> str:
     """Check a user-given name (container, network, cgroup, tag component).
 

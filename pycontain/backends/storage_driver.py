@@ -49,11 +49,13 @@ import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 from pycontain.backends.storage_store import LayerRecord, Store
 from pycontain.errors import InvalidArgument, NotFound, Unsupported
 from pycontain.kernel import fs as kfs
+from pycontain.statedir import create_json, rootfs_dir, write_json
 
 PLAN_FILE = "rootfs.json"
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -93,28 +95,16 @@ class RootfsPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> None:
-        path = os.path.join(self.container_dir, PLAN_FILE)
-        tmp: str | None = path + ".tmp"
-        # A shallow record and one json.dumps: asdict() deep-copies, and
-        # json.dump() encodes chunk by chunk in Python (~1 ms per start).
+        path = Path(self.container_dir, PLAN_FILE)
+        # A shallow record: asdict() deep-copies (~1 ms per start).
         record = dict(vars(self), mounts=[vars(m) for m in self.mounts])
-        data = json.dumps(record).encode()
         try:
-            # The first plan of a fresh directory is written in place (one
-            # ext4 create, no rename): a reader that comes too early sees a
-            # half-written file, which load_plan() calls not prepared yet.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            tmp = None
+            # The first plan of a fresh directory: one create, no rename. A
+            # reader that comes too early sees a half-written file, which
+            # load_plan() calls not prepared yet.
+            create_json(path, record)
         except FileExistsError:
-            assert tmp is not None
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-        finally:
-            os.close(fd)
-        if tmp is not None:
-            os.rename(tmp, path)
+            write_json(path, record)
 
 
 def load_plan(container_dir: str) -> RootfsPlan:
@@ -264,7 +254,7 @@ def check_owner(owner: str) -> str:
 def _own_rootfs_dir(st: Store) -> str:
     """Where containers prepare their writable layers in this store
     (``pycontain.Container`` does): registered by being there."""
-    return os.path.join(st.root, "rootfs")
+    return str(rootfs_dir(st.root))
 
 
 def register(st: Store, plan: RootfsPlan) -> None:
