@@ -35,19 +35,51 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-I", "-S", str(LAUNCHER), *args]
 
 
+def shell_command(*args: str) -> list[str]:
+    # The whole launcher, shell line first (with PYCONTAIN_PYTHON: see Cli.env):
+    # the C client when the server has built it, else the Python part.
+    return [str(LAUNCHER), *args]
+
+
+def via(kind: str, *args: str) -> list[str]:
+    return command(*args) if kind == "python" else shell_command(*args)
+
+
 class Cli:
     """The command line with a private socket directory, state dir and store."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self.sockdir = os.path.join(base, "cli")
-        self.env = dict(os.environ, PYCONTAIN_CLI_SERVER="1", PYCONTAIN_CLI_SERVER_DIR=self.sockdir)
+        # PYCONTAIN_PYTHON: the shell line's interpreter is this one (bin/ has no python3 beside it)
+        self.env = dict(os.environ, PYCONTAIN_CLI_SERVER="1", PYCONTAIN_CLI_SERVER_DIR=self.sockdir,
+                        PYCONTAIN_PYTHON=sys.executable)
         self.pids: set[int] = set()
 
     def run(self, *args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
         kw.setdefault("capture_output", True)
         return subprocess.run(command(*args), text=True, timeout=60, env=env or self.env,
                               **kw)  # type: ignore[call-overload]
+
+    def shell(self, *args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
+        """The command through the launcher's shell line (the C client, once built)."""
+        kw.setdefault("capture_output", True)
+        return subprocess.run(shell_command(*args), text=True, timeout=60, env=env or self.env,
+                              **kw)  # type: ignore[call-overload]
+
+    def wait_client(self, pid: int) -> str:
+        """The server's C client, once ready: its path."""
+        _wait_for(lambda: dict(self.servers()).get(pid, {}).get("client") != "building", timeout=60,
+                  what="the C client's build")
+        assert dict(self.servers())[pid]["client"] == "ready", self.servers()
+        path = os.path.join(self.sockdir, cli_server.CLIENT_NAME)
+        st = os.lstat(path)
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+        return path
+
+    def python_client_ran(self) -> bool:
+        """Whether the Python client ran (it leaves its compiled self in the socket directory)."""
+        return any(n.startswith("client-") for n in os.listdir(self.sockdir))
 
     def in_process(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run(*args, env=dict(self.env, PYCONTAIN_CLI_SERVER="0"))
@@ -325,15 +357,20 @@ def test_detach_name_and_rm(cli: Cli) -> None:
     assert cli.run("rm", "kept").returncode == 0
 
 
+@pytest.mark.parametrize("client", ["python", "c"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_a_signal_to_the_client_stops_the_container(cli: Cli, sig: int) -> None:
-    cli.start()
-    token = f"{3000 + int(sig)}.25"  # a unique sleep argument to find the container's process
-    name = f"sig{int(sig)}"
-    p = subprocess.Popen(command("run", "--name", name, "host", "sleep", token), env=cli.env,
+def test_a_signal_to_the_client_stops_the_container(cli: Cli, sig: int, client: str) -> None:
+    pid = cli.start()
+    if client == "c":
+        client_path = cli.wait_client(pid)
+    token = f"{3000 + int(sig)}.{25 if client == 'python' else 26}"  # a unique sleep argument: the container
+    name = f"sig{int(sig)}{client}"
+    p = subprocess.Popen(via(client, "run", "--name", name, "host", "sleep", token), env=cli.env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(lambda: bool(_processes_running(["sleep", token])), what="the container's process")
+        if client == "c":
+            assert os.readlink(f"/proc/{p.pid}/exe") == client_path
         assert _cgroups_named(name), "the container has no cgroup"
         os.kill(p.pid, sig)
         p.wait(timeout=15)
@@ -479,3 +516,128 @@ def test_opt_out_starts_no_server(cli: Cli) -> None:
     assert r.returncode == 0
     time.sleep(0.5)
     assert cli.servers() == [] and not os.path.exists(cli.sockdir)
+
+
+# -- the C client (pycontain/cli/client.c) through the launcher's shell line --
+
+
+def test_the_c_client_runs_commands_as_the_python_one_does(cli: Cli, tmp_path: Path) -> None:
+    pid = cli.start()
+    client_path = cli.wait_client(pid)
+    # exit codes, a container's signal death, a usage error
+    assert cli.shell("run", "--rm", "host", "true").returncode == 0
+    assert cli.shell("run", "--rm", "host", "sh", "-c", "exit 7").returncode == 7
+    assert cli.shell("run", "--rm", "host", "sh", "-c", "kill -KILL $$").returncode == 128 + 9
+    r = cli.shell("run", "--rm", "--memory", "32bm", "host", "true")
+    assert r.returncode == 2 and "memory" in r.stderr and "Traceback" not in r.stderr
+    # stdio: pipes, files, a closed stdin
+    r = cli.shell("run", "--rm", "host", "sh", "-c", "cat; echo out; echo err >&2", input="from stdin\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "from stdin\nout\n", "err\n")
+    (tmp_path / "in").write_text("file input\n")
+    with open(tmp_path / "in") as fin, open(tmp_path / "out", "w") as fout:
+        r = cli.shell("run", "--rm", "host", "sh", "-c", "cat; echo to-out", stdin=fin, stdout=fout,
+                      stderr=subprocess.PIPE, capture_output=False)
+    assert r.returncode == 0 and (tmp_path / "out").read_text() == "file input\nto-out\n"
+    r = subprocess.run(["/bin/sh", "-c", 'exec "$@" 0<&-', "sh", *shell_command(
+        "run", "--rm", "host", "sh", "-c", "test -e /proc/self/fd/0 || echo no-stdin")],
+        env=cli.env, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "no-stdin\n"), r.stderr
+    # environment, cwd (a relative state dir), umask, odd arguments
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "vol").mkdir()
+    odd = "sp ace\ttab \u00e9 $HOME 'q' \"dq\""
+    env = dict(cli.env, PYCONTAIN_STATE_DIR="relstate", **{f"BIG{i}": "x" * 100_000 for i in range(4)})
+    old = os.umask(0o077)
+    try:
+        r = cli.shell("run", "--rm", "-e", f"V={odd}", "-v", f"{tmp_path / 'vol'}:/vol", "host", "sh", "-c",
+                      'umask; touch /vol/f; printf "%s|%s" "$V" "$1"', "sh", odd, env=env, cwd=str(work))
+    finally:
+        os.umask(old)
+    assert (r.returncode, r.stdout) == (0, f"0077\n{odd}|{odd}"), r.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "vol" / "f").st_mode) == 0o600
+    assert (work / "relstate").is_dir()
+    # It was the C client: the command's process is that binary, and the
+    # Python client never ran (it would have left its compiled self here).
+    p = subprocess.Popen(shell_command("run", "--rm", "host", "sleep", "1.3017"), env=cli.env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: bool(_processes_running(["sleep", "1.3017"])), what="the container's process")
+        assert os.readlink(f"/proc/{p.pid}/exe") == client_path
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not cli.python_client_ran()
+    assert int(dict(cli.servers())[pid]["served"]) == 9  # every one of them
+
+
+def test_the_c_client_falls_back_on_the_python_launcher(cli: Cli) -> None:
+    pid = cli.start()
+    cli.wait_client(pid)
+    # a refusal ("restart": a stale server): the Python launcher runs the
+    # command in-process and starts a fresh server
+    st = os.stat(SERVER_SOURCE)
+    os.utime(SERVER_SOURCE, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        r = cli.shell("run", "--rm", "host", "sh", "-c", "echo fallback; exit 6")
+        assert (r.returncode, r.stdout, r.stderr) == (6, "fallback\n", "")
+        assert _wait_gone(pid), "the stale server did not exit"
+        fresh, status = cli.wait_server(other_than=pid)
+        assert status["served"] == "0"
+    finally:
+        os.utime(SERVER_SOURCE, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # (that one saw the bumped mtime: stale now in turn)
+    cli.run("server", "stop")
+    assert _wait_gone(fresh)
+    # a new server finds the client built: ready at once, and it serves
+    new_pid = cli.start()
+    assert dict(cli.servers())[new_pid]["client"] == "ready"
+    assert cli.shell("run", "--rm", "host", "true").returncode == 0
+    assert dict(cli.servers())[new_pid]["served"] == "1"
+    # a refusal ("keep": another mount namespace): in-process, no second server
+    if shutil.which("unshare"):
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", *shell_command(
+            "run", "--rm", "host", "sh", "-c", "echo mine; exit 5")], capture_output=True, text=True,
+            env=cli.env, timeout=60)
+        assert (r.returncode, r.stdout) == (5, "mine\n"), r.stderr
+        assert dict(cli.servers())[new_pid]["served"] == "1"
+    # no server at all (its client still there): in-process, and a server starts
+    assert cli.run("server", "stop").returncode == 0
+    assert _wait_gone(new_pid)
+    r = cli.shell("run", "--rm", "host", "sh", "-c", "echo alone; exit 4")
+    assert (r.returncode, r.stdout, r.stderr) == (4, "alone\n", "")
+    cli.wait_server(other_than=new_pid)
+
+
+@pytest.mark.parametrize("cc", ["/nonexistent/cc", "false"])
+def test_without_a_working_compiler_the_python_client_serves(cli: Cli, cc: str) -> None:
+    cli.env["CC"] = cc  # the server gets the environment of the command that starts it
+    pid = cli.start()
+    _wait_for(lambda: dict(cli.servers())[pid]["client"] != "building", timeout=60, what="the build")
+    status = dict(cli.servers())[pid]["client"]
+    assert status == ("none (no C compiler: $CC or cc)" if cc.startswith("/") else "none (the build failed)")
+    assert not [n for n in os.listdir(cli.sockdir) if n.startswith("pycontain-client")]  # nor half a build
+    r = cli.shell("run", "--rm", "host", "sh", "-c", "echo py; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "py\n", "")
+    assert dict(cli.servers())[pid]["served"] == "1"
+    assert cli.python_client_ran()
+
+
+def test_stopping_the_server_mid_build_leaves_nothing(cli: Cli) -> None:
+    # a compiler that takes its time: the server stops, the build goes with it
+    slow = os.path.join(cli.base, "slowcc")
+    with open(slow, "w") as f:
+        f.write("#!/bin/sh\nexec sleep 30\n")
+    os.chmod(slow, 0o755)
+    cli.env["CC"] = slow
+    pid = cli.start()
+    assert dict(cli.servers())[pid]["client"] == "building"
+    _wait_for(lambda: bool(_processes_running(["sleep", "30"])), what="the slow compiler")
+    builders = _processes_running(["sleep", "30"])
+    assert cli.run("server", "stop").returncode == 0
+    assert _wait_gone(pid)
+    for b in builders:
+        assert _wait_gone(b, timeout=5), "the compiler outlived the server"
+    assert not [n for n in os.listdir(cli.sockdir) if n.startswith("pycontain-client")]
