@@ -1759,7 +1759,7 @@ def containers(all: bool = True) -> pd.DataFrame:
     """The containers in the state directory, seen from any process.
 
     Columns: ``name``, ``status`` (as recorded, "exited" when its PID 1 is
-    gone), ``pid``, ``image``, ``command``, ``created``, ``creator_pid``,
+    gone), ``exit_code`` (once exited), ``pid``, ``image``, ``command``, ``created``, ``creator_pid``,
     ``orphan`` (its creator died and it was not detached), ``memory``,
     ``cpus``, ``userns`` (its uid map, lines joined by "; ", or None). With
     ``all=False`` only running and paused ones.
@@ -1773,13 +1773,15 @@ def containers(all: bool = True) -> pd.DataFrame:
         if not all and status not in ("running", "paused"):
             continue
         rows.append({
-            "name": st.get("name"), "status": status, "pid": st.get("pid"), "image": st.get("image"),
+            "name": st.get("name"), "status": status,
+            "exit_code": st.get("exit_code") if status == "exited" else None,
+            "pid": st.get("pid"), "image": st.get("image"),
             "command": " ".join(st.get("command") or []), "created": pd.to_datetime(st.get("created"), unit="s"),
             "creator_pid": st.get("creator_pid"), "orphan": orphan, "memory": st.get("memory"),
             "cpus": st.get("cpus"), "userns": _userns_summary(st.get("userns")),
         })
-    columns = ["name", "status", "pid", "image", "command", "created", "creator_pid", "orphan", "memory", "cpus",
-               "userns"]
+    columns = ["name", "status", "exit_code", "pid", "image", "command", "created", "creator_pid", "orphan",
+               "memory", "cpus", "userns"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -241,13 +241,18 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(df.to_json(orient="records", date_format="iso"))
         return 0
-    if df.empty:
-        print("NAME  STATUS  PID  IMAGE  COMMAND  CREATED")
-        return 0
-    show = df[["name", "status", "pid", "image", "command", "created"]].copy()
-    show["created"] = show["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
-    show["pid"] = show["pid"].fillna(0).astype(int)
-    print(show.to_string(index=False, header=[c.upper() for c in show.columns]))
+    from pycontain.cli._table import ago, shorten, table
+
+    rows = []
+    for r in df.itertuples(index=False):
+        status = r.status
+        if status == "exited" and r.exit_code == r.exit_code and r.exit_code is not None:
+            status = f"exited ({int(r.exit_code)})"
+        running = r.status in ("running", "paused")
+        rows.append((r.name, status, int(r.pid) if running and r.pid == r.pid and r.pid else None, r.image,
+                     shorten(f'"{r.command}"', 32) if r.command else "",
+                     ago(r.created.timestamp() if r.created == r.created else None)))
+    print(table(["NAME", "STATUS", "PID", "IMAGE", "COMMAND", "CREATED"], rows))
     return 0
 
 
@@ -329,8 +334,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from pycontain.cli._table import table
     from pycontain.container import containers
     from pycontain.units import format_size
 
@@ -347,7 +351,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             "PIDS": int(u["pids"]) if "pids" in u and u["pids"] == u["pids"] else "-",
             "NET RX/TX": f"{int(u.get('net_rx_bytes', 0))}/{int(u.get('net_tx_bytes', 0))}",
         })
-    print(pd.DataFrame(rows).to_string(index=False) if rows else "NAME  CPU s  MEM  PIDS  NET RX/TX")
+    print(table(["NAME", "CPU s", "MEM", "PIDS", "NET RX/TX"], [list(r.values()) for r in rows]))
     return 0
 
 

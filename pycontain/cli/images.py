@@ -66,7 +66,12 @@ def cmd_images(args: argparse.Namespace) -> int:
         for digest in df["digest"]:
             print(digest)
         return 0
-    print(df.to_string(index=False) if not df.empty else "TAG  DIGEST  LAYERS  SIZE  CREATED")
+    from pycontain.cli._table import ago, table
+    from pycontain.units import format_size
+
+    rows = [(r.tag if isinstance(r.tag, str) else "<none>", r.digest.removeprefix("sha256:")[:12], r.layers,
+             format_size(int(r.size)), ago(r.created.timestamp())) for r in df.itertuples(index=False)]
+    print(table(["TAG", "IMAGE ID", "LAYERS", "SIZE", "CREATED"], rows))
     return 0
 
 

@@ -48,7 +48,9 @@ def test_detached_lifecycle() -> None:
         deadline = time.monotonic() + 5
         while "exited" not in pc("ps", "-a").stdout and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert "exited" in pc("ps", "-a").stdout
+        ps = pc("ps", "-a").stdout.splitlines()
+        assert ps[0].split() == ["NAME", "STATUS", "PID", "IMAGE", "COMMAND", "CREATED"]
+        assert ps[1].split()[:3] == ["web", "exited", "(143)"]  # docker's way: the code with the status
         assert pc("logs", "web").stdout == "started\n"
         assert '"exit_code": 143' in pc("inspect", "web").stdout
         assert pc("exec", "web", "true").returncode != 0  # exec into a stopped container
