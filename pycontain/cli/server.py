@@ -6,7 +6,9 @@ container. So, as Mercurial's chg and emacsclient do, one long-lived process
 per user (per interpreter and launcher) imports it once and forks a worker
 for each command; the launcher (bin/pycontain) is a thin client that imports
 next to nothing, connects to the server's unix socket, hands over the
-command and waits for its exit status.
+command and waits for its exit status. Where a C compiler is at hand, the
+server builds a C client of the same protocol (client.c, see build_client)
+that the launcher's shell line runs instead: no interpreter starts at all.
 
 Protocol (one unix stream connection per command; every frame is one kind
 byte, the payload length as 8 hex digits, the payload):
