@@ -67,11 +67,15 @@ class Cli:
         return subprocess.run(shell_command(*args), text=True, timeout=60, env=env or self.env,
                               **kw)  # type: ignore[call-overload]
 
-    def wait_client(self, pid: int) -> str:
-        """The server's C client, once ready: its path."""
+    def wait_built(self, pid: int) -> str:
+        """The server's C client once it is no longer building: ready, or none (why)."""
         _wait_for(lambda: dict(self.servers()).get(pid, {}).get("client") != "building", timeout=60,
                   what="the C client's build")
-        assert dict(self.servers())[pid]["client"] == "ready", self.servers()
+        return dict(self.servers())[pid]["client"]
+
+    def wait_client(self, pid: int) -> str:
+        """The server's C client, once ready: its path."""
+        assert self.wait_built(pid) == "ready", self.servers()
         path = os.path.join(self.sockdir, cli_server.CLIENT_NAME)
         st = os.lstat(path)
         assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
@@ -198,6 +202,7 @@ def test_first_run_starts_a_server_that_serves_the_next(cli: Cli) -> None:
     st = os.lstat(cli.sockdir)
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
     _wait_for(lambda: dict(cli.servers())[pid]["spare"] == "ready", what="a spare worker")
+    cli.wait_built(pid)  # its builder's pidfd gone
     fds_before = _fd_kinds(pid)
     r = cli.run("run", "--rm", "host", "sh", "-c", "echo second; exit 4")
     assert (r.returncode, r.stdout, r.stderr) == (4, "second\n", "")
@@ -615,8 +620,7 @@ def test_the_c_client_falls_back_on_the_python_launcher(cli: Cli) -> None:
 def test_without_a_working_compiler_the_python_client_serves(cli: Cli, cc: str) -> None:
     cli.env["CC"] = cc  # the server gets the environment of the command that starts it
     pid = cli.start()
-    _wait_for(lambda: dict(cli.servers())[pid]["client"] != "building", timeout=60, what="the build")
-    status = dict(cli.servers())[pid]["client"]
+    status = cli.wait_built(pid)
     assert status == ("none (no C compiler: $CC or cc)" if cc.startswith("/") else "none (the build failed)")
     assert not [n for n in os.listdir(cli.sockdir) if n.startswith("pycontain-client")]  # nor half a build
     r = cli.shell("run", "--rm", "host", "sh", "-c", "echo py; exit 3")
