@@ -402,3 +402,43 @@ def test_the_shell_line_runs_only_a_client_of_ours(tmp_path: Path) -> None:
     # (root: /run/pycontain/cli, whose client, if any, finds no server for this interpreter)
     assert _shell(env, "ps").stdout == f"python -I -S {LAUNCHER} ps\n"
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
+
+
+@needs_cc
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another uid")
+def test_a_server_of_another_uid_gets_nothing(client: str, fake: Fake) -> None:
+    # Our fds and environment are for a server of our own uid only.
+    os.chmod(fake.base, 0o711)  # (mkdtemp's 0700 would keep that uid out altogether)
+    os.chown(fake.sockdir, 65534, 65534)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(fake.path)
+            os.chmod(fake.path, 0o777)
+            s.listen(1)
+            s.settimeout(20)
+            os.write(w, b"ready\n")
+            conn, _ = s.accept()
+            conn.settimeout(20)
+            got = conn.recv(1 << 16)
+            os.write(w, b"got %d bytes" % len(got))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert f.readline() == b"ready\n"
+            result = run_client(client, fake, "run", "x")
+            told = f.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert told == b"got 0 bytes"  # not a byte of the request
+    assert (result.returncode, fake.fallback()) == (42, ["-I", "-S", fake.launcher, "run", "x"])
