@@ -1766,6 +1766,18 @@ def containers(all: bool = True) -> pd.DataFrame:
     """
     import pandas as pd
 
+    df = pd.DataFrame(container_records(all), columns=_CONTAINER_COLUMNS)
+    df["created"] = pd.to_datetime(df["created"], unit="s")
+    return df
+
+
+_CONTAINER_COLUMNS = ["name", "status", "exit_code", "pid", "image", "command", "created", "creator_pid", "orphan",
+                      "memory", "cpus", "userns"]
+
+
+def container_records(all: bool = True) -> list[dict[str, Any]]:
+    """What :func:`containers` lists, as plain dicts (``created``: Unix
+    time): for the command line, which need not import pandas."""
     rows = []
     for st in _iter_states():
         status = st.get("status")  # brought up to date by _refresh (the exit file, PID 1's liveness)
@@ -1776,13 +1788,11 @@ def containers(all: bool = True) -> pd.DataFrame:
             "name": st.get("name"), "status": status,
             "exit_code": st.get("exit_code") if status == "exited" else None,
             "pid": st.get("pid"), "image": st.get("image"),
-            "command": " ".join(st.get("command") or []), "created": pd.to_datetime(st.get("created"), unit="s"),
+            "command": " ".join(st.get("command") or []), "created": st.get("created"),
             "creator_pid": st.get("creator_pid"), "orphan": orphan, "memory": st.get("memory"),
             "cpus": st.get("cpus"), "userns": _userns_summary(st.get("userns")),
         })
-    columns = ["name", "status", "exit_code", "pid", "image", "command", "created", "creator_pid", "orphan",
-               "memory", "cpus", "userns"]
-    return pd.DataFrame(rows, columns=columns)
+    return rows
 
 
 def _userns_summary(record: Any) -> str | None:

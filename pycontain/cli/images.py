@@ -57,20 +57,21 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from pycontain.image import images
+    # Records, not images()' DataFrame: pandas would be most of the time.
+    from pycontain.image import image_records
 
-    df = images()
+    records = image_records()
     if not args.all:
-        df = df[df["tag"].notna()]
+        records = [r for r in records if r["tag"] is not None]
     if args.quiet:
-        for digest in df["digest"]:
-            print(digest)
+        for r in records:
+            print(r["digest"])
         return 0
     from pycontain.cli._table import ago, table
     from pycontain.units import format_size
 
-    rows = [(r.tag if isinstance(r.tag, str) else "<none>", r.digest.removeprefix("sha256:")[:12], r.layers,
-             format_size(int(r.size)), ago(r.created.timestamp())) for r in df.itertuples(index=False)]
+    rows = [(r["tag"] or "<none>", r["digest"].removeprefix("sha256:")[:12], r["layers"], format_size(r["size"]),
+             ago(r["created"])) for r in records]
     print(table(["TAG", "IMAGE ID", "LAYERS", "SIZE", "CREATED"], rows))
     return 0
 

@@ -716,7 +716,7 @@ def _layers_in_use(st: Store) -> set[str]:
 def images(*, store: Store | str | None = None) -> pd.DataFrame:
     """Every stored image: ``tag``, ``digest``, ``layers`` (count), ``size`` (bytes), ``created``.
 
-    One row per tag (an untagged image has one row with tag None).
+    One row per tag (an untagged image has one row with tag None), newest first.
 
     Example::
 
@@ -724,16 +724,23 @@ def images(*, store: Store | str | None = None) -> pd.DataFrame:
     """
     import pandas as pd
 
+    df = pd.DataFrame(image_records(store=store), columns=["tag", "digest", "layers", "size", "created"])
+    df["created"] = pd.to_datetime(df["created"], unit="s", utc=True)
+    return df
+
+
+def image_records(*, store: Store | str | None = None) -> list[dict[str, Any]]:
+    """What :func:`images` lists, as plain dicts (``created``: Unix time),
+    newest first: for the command line, which need not import pandas."""
     st = _store(store)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rec in st.images():
         size = sum(st.layer(d).size for d in rec.layers if st.has_layer(d))
-        created = pd.Timestamp(rec.created, unit="s", tz="UTC")
         for tag in rec.tags or [None]:  # type: ignore[list-item]
-            rows.append((tag, rec.digest, len(rec.layers), size, created))
-    df = pd.DataFrame(rows, columns=["tag", "digest", "layers", "size", "created"])
-    return df.sort_values("created", ascending=False).reset_index(drop=True)
-
+            rows.append({"tag": tag, "digest": rec.digest, "layers": len(rec.layers), "size": size,
+                         "created": rec.created})
+    rows.sort(key=lambda r: r["created"], reverse=True)
+    return rows
 
 def disk_usage(*, store: Store | str | None = None) -> pd.DataFrame:
     """Disk use per stored layer: ``digest``, ``size`` (tar bytes), ``disk_bytes``

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from pycontain.container import Container
+
 
 def pc(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pycontain", *args], capture_output=True, text=True,
@@ -58,3 +60,16 @@ def test_detached_lifecycle() -> None:
         pc("rm", "-f", "web")
     assert pc("ps", "-a", "-q").stdout == ""
     assert pc("rm", "web").returncode == 1
+
+
+def test_listing_commands_do_not_import_pandas() -> None:
+    # pandas is ~0.3 s of import: ps, images and stats print from plain records.
+    with Container(command=["sleep", "30"], name="listed"):
+        code = ("import sys; from pycontain.cli import main\n"
+                "for argv in (['ps'], ['ps', '-a', '--format', 'json'], ['images', '-a'], ['stats']):\n"
+                "    assert main(argv) == 0, argv\n"
+                "print('pandas' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ,
+                             check=True).stdout.splitlines()
+    assert out[-1] == "False"
+    assert any(line.startswith("listed ") and "running" in line for line in out)
