@@ -432,11 +432,21 @@ class Container:
         argv = list(image.get("entrypoint") or []) + list(image.get("cmd") or [])
         return parse_command(argv or ["sh"])
 
+    #: The Image the config names, resolved once (see _image).
+    _resolved_image: Any = None
+
+    def _image(self) -> Any:
+        """The :class:`~pycontain.Image` of this container: a tag is looked up
+        once (a look-up reads every image record of the store)."""
+        if self._resolved_image is None:
+            self._resolved_image = _image_of(self.config)
+        return self._resolved_image
+
     def _image_config(self) -> dict[str, Any]:
         """The image's defaults: env, cmd, entrypoint, workdir, user."""
         if self.config.image == "host":
             return {}
-        cfg = _image_of(self.config).config
+        cfg = self._image().config
         return {"env": list(cfg.env), "cmd": list(cfg.cmd or []), "entrypoint": list(cfg.entrypoint or []),
                 "workdir": cfg.workdir or None, "user": cfg.user or None}
 
@@ -458,10 +468,10 @@ class Container:
             holder: _UserNamespaceHolder | None = None
             try:
                 if self.config.userns is not None:
-                    _check_userns_storage(self.config)
+                    _check_userns_storage(self.config, self._image())
                 # 1. the writable root
                 with _no_space("prepare the writable layer", rootfs_dir()):
-                    self._rootfs = _prepare_rootfs(self.config, self._layers_path(), self._key)
+                    self._rootfs = _prepare_rootfs(self.config, self._image(), self._layers_path(), self._key)
                 cleanup.callback(self._rootfs.release)
                 _fault("after_rootfs")
                 # 2. the cgroup, with every limit
@@ -1280,11 +1290,11 @@ def _fork_source() -> Any:
     return shared_zygote(_ZYGOTE_PRELOAD, cleanup=ZYGOTE_CLEANUP)
 
 
-def _check_userns_storage(config: ContainerConfig) -> None:
+def _check_userns_storage(config: ContainerConfig, image: Any) -> None:
     """userns= needs idmapped overlay layers: refuse other storage drivers up front."""
     from pycontain.backends import storage_driver
 
-    driver = storage_driver.select_driver(_image_of(config).store).name
+    driver = storage_driver.select_driver(image.store).name
     if driver != "overlay":
         raise InvalidArgument(f"userns needs the overlay storage driver; this store uses {driver}",
                               field="userns", value=config.userns.record() if config.userns else None,
@@ -1713,11 +1723,11 @@ def _host_image() -> Any:
     return img
 
 
-def _prepare_rootfs(config: ContainerConfig, base: Path, owner: str) -> Any:
+def _prepare_rootfs(config: ContainerConfig, image: Any, base: Path, owner: str) -> Any:
     ensure_dir(base.parent)
     if base.exists():
         shutil.rmtree(base)
-    return _Rootfs(_image_of(config), base, owner, size=config.storage_size)
+    return _Rootfs(image, base, owner, size=config.storage_size)
 
 
 class _NoNetwork:

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -416,12 +417,20 @@ class Image:
     def get(cls, ref: str, *, store: Store | str | None = None) -> Image:
         """A stored image by tag (``"busybox"`` means ``busybox:latest``) or digest; raises NotFound."""
         st = _store(store)
-        try:
-            return cls(st.image(ref), st)
-        except NotFound:
-            if ":" not in ref.rsplit("/", 1)[-1]:
-                return cls(st.image(normalize_tag(ref)), st)
-            raise
+        refs = [ref]
+        if ":" not in ref.rsplit("/", 1)[-1]:
+            # "busybox" is stored as "busybox:latest": that goes first unless
+            # the ref looks like a digest (each look-up reads every image
+            # record of the store).
+            with contextlib.suppress(InvalidArgument):
+                refs.insert(len(refs) if re.fullmatch(r"[0-9a-f]{4,64}", ref) else 0, normalize_tag(ref))
+        for i, r in enumerate(refs):
+            try:
+                return cls(st.image(r), st)
+            except NotFound:
+                if i == len(refs) - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @classmethod
     def from_layers(
