@@ -77,3 +77,20 @@ def test_an_image_in_use_by_a_container_cannot_be_removed(busybox: pycontain.Ima
         c.remove()
     busybox.remove()
     assert "busybox:test" not in set(pycontain.images()["tag"])
+
+
+def test_a_tag_is_looked_up_once_per_container(busybox: pycontain.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A look-up by tag reads every image record of the store: once per
+    # container, and "name" finds "name:latest" at the first try.
+    from pycontain.backends.storage_store import Store
+
+    busybox.tag_as("plain")  # stored as plain:latest
+    scans: list[int] = []
+    real = Store.images
+    monkeypatch.setattr(Store, "images", lambda self: (scans.append(1), real(self))[1])
+    with Container(image="plain", command=["true"]) as c:
+        assert c.wait(10) == 0
+    assert len(scans) == 1
+    scans.clear()
+    assert pycontain.Image.get("plain").digest == busybox.digest
+    assert len(scans) == 1
