@@ -125,3 +125,42 @@ def test_server_module_imports_nothing_heavy_at_the_top() -> None:
             "print(sorted(m for m in ('socket', 'selectors', 'pycontain.container', 'argparse') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("answer", "start"), [(b"keep other namespaces", False), (b"restart stale", True)])
+def test_a_refusal_before_the_request_is_out_still_counts(answer: bytes, start: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that refuses at accept() (another namespace, stale code) and
+    closes may do so while the Python client is still sending: its send
+    fails, yet the N is there to be read, and a "keep" must not make the
+    client start a server (one in another namespace would take the socket
+    and answer every later client with a refusal)."""
+    import shutil
+    import socket
+    import tempfile
+    import threading
+
+    base = tempfile.mkdtemp(prefix="pcr-", dir="/tmp")
+    path = os.path.join(base, "s.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(20)
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(server.encode_frame(b"N", answer))
+        conn.close()  # without reading a byte
+
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    monkeypatch.setenv("PYCONTAIN_TEST_BIG", "x" * (8 << 20))  # far more than a socket's buffer
+    try:
+        launcher = load_launcher()
+        assert launcher.START_SERVER is True
+        assert launcher.via_server(path, ["run", "x"]) is None
+        assert launcher.START_SERVER is start
+    finally:
+        t.join(20)
+        listener.close()
+        shutil.rmtree(base, ignore_errors=True)
