@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pycontain.cli import server as cli_server
+from tests.as_nobody import as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "bin" / "pycontain"
@@ -441,32 +442,20 @@ def test_another_uid_is_refused(cli: Cli) -> None:
     os.chmod(cli.base, 0o711)
     os.chmod(cli.sockdir, 0o711)
     os.chmod(path, 0o777)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            os.setgid(65534)
-            os.setuid(65534)
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(10)
-            s.connect(path)
-            # The refusal comes before the server reads anything of ours.
-            frame = cli_server.read_frame(s)
-            os.write(w, repr(frame).encode())
-            code = 0
-        except BaseException as e:
-            os.write(w, f"error {e!r}".encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        answer = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    os.chmod(cli.sockdir, 0o700)
-    os.chmod(cli.base, 0o700)
-    assert os.waitstatus_to_exitcode(status) == 0, answer
+
+    def connect(w: int) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(path)
+        # The refusal comes before the server reads anything of ours.
+        os.write(w, repr(cli_server.read_frame(s)).encode())
+
+    try:
+        with as_nobody(connect) as f:
+            answer = f.read().decode()
+    finally:
+        os.chmod(cli.sockdir, 0o700)
+        os.chmod(cli.base, 0o700)
     assert answer.startswith("(b'N'") and "uid 65534" in answer, answer
 
 

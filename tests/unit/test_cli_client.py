@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pycontain.cli import server
+from tests.as_nobody import as_nobody
 from tests.launcher import LAUNCHER
 
 CC = server.client_compiler()
@@ -410,35 +411,20 @@ def test_a_server_of_another_uid_gets_nothing(client: str, fake: Fake) -> None:
     # Our fds and environment are for a server of our own uid only.
     os.chmod(fake.base, 0o711)  # (mkdtemp's 0700 would keep that uid out altogether)
     os.chown(fake.sockdir, 65534, 65534)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(r)
-            os.setgid(65534)
-            os.setuid(65534)
-            s = socket.socket(socket.AF_UNIX)
-            s.bind(fake.path)
-            os.chmod(fake.path, 0o777)
-            s.listen(1)
-            s.settimeout(20)
-            os.write(w, b"ready\n")
-            conn, _ = s.accept()
-            conn.settimeout(20)
-            got = conn.recv(1 << 16)
-            os.write(w, b"got %d bytes" % len(got))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        with os.fdopen(r, "rb") as f:
-            assert f.readline() == b"ready\n"
-            result = run_client(client, fake, "run", "x")
-            told = f.read()
-    finally:
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def listen(w: int) -> None:
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(fake.path)
+        os.chmod(fake.path, 0o777)
+        s.listen(1)
+        s.settimeout(20)
+        os.write(w, b"ready\n")
+        conn, _ = s.accept()
+        conn.settimeout(20)
+        os.write(w, b"got %d bytes" % len(conn.recv(1 << 16)))
+
+    with as_nobody(listen) as f:
+        assert f.readline() == b"ready\n"
+        result = run_client(client, fake, "run", "x")
+        told = f.read()
     assert told == b"got 0 bytes"  # not a byte of the request
     assert (result.returncode, fake.fallback()) == (42, ["-I", "-S", fake.launcher, "run", "x"])
