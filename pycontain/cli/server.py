@@ -1131,6 +1131,7 @@ def _worker(request: Request, fds: list[int], conn_fd: int, status_fd: int, clos
         from pycontain.cli import main
 
         container.PRUNE_PARENT_AT_EXIT = False  # the server prunes it when it stops
+        container.RECYCLE_STATE_DIRS = False  # one command each: a spare would only be deleted at exit
         code = main(request.argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

@@ -45,6 +45,12 @@ _c_prctl = _libc.prctl
 _c_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _c_syscall = _libc.syscall
 _c_syscall.restype = ctypes.c_long
+_c_renameat2 = _libc.renameat2  # glibc 2.28+
+_c_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+#: renameat2(2) flag: fail with EEXIST rather than replace the target.
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
 
 
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -136,6 +142,13 @@ def mount(
 def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:
     """umount2(2); ``flags`` such as MNT_DETACH."""
     _check(_c_umount2(_fs(target), flags), "umount2", target)
+
+
+def rename_noreplace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """renameat2(2) with RENAME_NOREPLACE: move ``src`` to ``dst`` unless
+    ``dst`` exists (a plain rename(2) would replace an empty directory or a
+    file there). Raises the typed error of the errno (EEXIST: it exists)."""
+    _check(_c_renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), RENAME_NOREPLACE), "renameat2", dst)
 
 
 def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import pycontain
-from pycontain.container import Container
+from pycontain.container import Container, get
 from pycontain.errors import AlreadyExists, InvalidArgument, PycontainError, Timeout
 from pycontain.kernel.constants import DOCKER_DEFAULT_CAPS
 from pycontain.kernel.syscalls import cap_mask
@@ -215,8 +215,6 @@ def test_containers_seen_from_another_process() -> None:
 def test_a_killed_pid1_not_yet_reaped_is_exited() -> None:
     # SIGKILL leaves no exit file, and until its parent reaps it PID 1 is a
     # zombie that still holds its pid: containers() must call it exited.
-    from pycontain.container import get
-
     c = Container(command=["sleep", "30"])
     try:
         c.start()
@@ -433,6 +431,81 @@ def test_start_makes_only_the_files_it_needs() -> None:
         assert (c._layers_path() / "upper" / "made-here").read_text() == "hi\n"
     finally:
         c.remove(force=True)
+
+
+def _spares() -> list[str]:
+    from pycontain.statedir import containers_dir
+
+    return sorted(n for n in os.listdir(containers_dir()) if n.startswith(".spare-"))
+
+
+def test_a_removed_containers_state_directory_serves_the_next_one() -> None:
+    # No inode made or freed for the state of the next container
+    # (container._StateSpares): its directory and files are the last one's.
+    with Container(command=["true"]) as c:
+        assert c.wait(timeout=30) == 0
+        first = (c._state_path / "state.json").stat().st_ino
+    assert len(_spares()) == 1
+    assert pycontain.containers().empty  # a spare is no container
+    c2 = Container(command=["sh", "-c", "exit 3"], name="second")
+    try:
+        assert _spares() == []
+        assert (c2._state_path / "state.json").stat().st_ino == first
+        assert (c2._exit_path.read_bytes(), get("second")["status"]) == (b"", "created")
+        c2.start()
+        assert c2.wait(timeout=30) == 3
+        st = get("second")
+        assert (st["name"], st["status"], st["exit_code"]) == ("second", "exited", 3)
+        assert list(pycontain.containers()["name"]) == ["second"]
+    finally:
+        c2.remove()
+    assert len(_spares()) == 1
+
+
+def test_a_spare_never_takes_a_name_in_use() -> None:
+    with Container(command=["true"]) as c:
+        c.wait(timeout=30)
+    assert len(_spares()) == 1
+    with Container(command=["true"], name="taken"):
+        pass  # (it took the spare)
+    with Container(command=["true"]) as c:  # makes one again
+        c.wait(timeout=30)
+    keep = Container(command=["true"], name="busy")
+    try:
+        assert _spares() == []
+        with Container(command=["true"]) as c:
+            c.wait(timeout=30)
+        assert len(_spares()) == 1
+        with pytest.raises(AlreadyExists):
+            Container(command=["true"], name="busy")
+        assert len(_spares()) == 1  # still there for the next one
+        assert get("busy")["status"] == "created"
+    finally:
+        keep.remove()
+
+
+def test_spares_go_at_exit_or_with_their_dead_process() -> None:
+    from pycontain.container_gc import collect
+
+    code = ("import os, sys, pycontain\n"
+            "pycontain.run(['true'])\n"
+            "if sys.argv[1] == 'crash': os._exit(0)  # no atexit: the spare stays behind\n")
+    subprocess.run([sys.executable, "-c", code, "exit"], env=os.environ, check=True, timeout=60)
+    assert _spares() == []
+    subprocess.run([sys.executable, "-c", code, "crash"], env=os.environ, check=True, timeout=60)
+    [left] = _spares()
+    assert pycontain.containers().empty
+    assert left in collect().containers
+    assert _spares() == []
+
+
+def test_a_logged_containers_directory_is_not_kept() -> None:
+    c = Container(command=["sh", "-c", "echo hi"])
+    c.start(log=True)
+    assert c.wait(timeout=30) == 0
+    assert c.logs() == "hi\n"
+    c.remove()
+    assert _spares() == []
 
 
 def test_a_process_prunes_the_standing_parent_as_it_exits() -> None:

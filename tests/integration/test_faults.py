@@ -59,7 +59,9 @@ def _leftovers(name: str, base: str, network: str | None = None) -> dict[str, li
     state = os.path.join(base, "state")
     store = os.path.join(base, "store")
     out = {
-        "state": sorted(os.listdir(f"{state}/containers")) if os.path.isdir(f"{state}/containers") else [],
+        # (A spare state directory of this live process is no leftover: pycontain.container._StateSpares.)
+        "state": sorted(n for n in os.listdir(f"{state}/containers") if not n.startswith(f".spare-{os.getpid()}-"))
+        if os.path.isdir(f"{state}/containers") else [],
         "cgroups": _my_cgroups(name),
         "rootfs": sorted(os.listdir(f"{store}/rootfs")) if os.path.isdir(f"{store}/rootfs") else [],
         "registry": sorted(os.listdir(f"{store}/containers")) if os.path.isdir(f"{store}/containers") else [],

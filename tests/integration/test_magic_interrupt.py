@@ -209,13 +209,15 @@ def running_containers() -> list[dict[str, Any]]:
 
 
 def state_entries() -> list[str]:
-    """What the state dir and the store hold for containers (records, writable layers)."""
+    """What the state dir and the store hold for containers (records, writable layers).
+    A spare state directory a live kernel keeps for its next container
+    (pycontain.container._StateSpares) is none."""
     from pycontain.statedir import state_dir, store_dir
 
     out = []
     for d in (state_dir() / "containers", store_dir() / "rootfs", store_dir() / "containers"):
         if d.is_dir():
-            out += [f"{d}/{n}" for n in os.listdir(d)]
+            out += [f"{d}/{n}" for n in os.listdir(d) if not n.startswith(".spare-")]
     return sorted(out)
 
 
