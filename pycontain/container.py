@@ -276,8 +276,7 @@ class Container:
             ensure_dir(containers_dir())
             os.mkdir(self._state_path, 0o700)
         except FileExistsError:
-            raise AlreadyExists("a container of that name exists", field="name", value=self.name,
-                                hint="pick another name, or remove the old one: pycontain rm NAME") from None
+            raise _name_taken(self.name) from None
         except OSError as e:
             raise kernel_error("mkdir", e.errno or errno.EACCES, path=self._state_path,
                                hint="containers need root (or set PYCONTAIN_STATE_DIR to a writable "
@@ -1331,7 +1330,7 @@ class _StateSpares:
             try:
                 if sorted(os.listdir(path)) != ["exit", "state.json"]:
                     return False  # a log (or anything else): not worth keeping
-                rewrite_json(path / "state.json", {"status": "spare", "creator_pid": os.getpid()})
+                rewrite_json(path / "state.json", {"status": _SPARE_STATUS, "creator_pid": os.getpid()})
                 self._made += 1
                 spare = f"{parent}/.spare-{os.getpid()}-{self._made}"
                 os.rename(path, spare)
@@ -1368,8 +1367,7 @@ class _StateSpares:
             if e.errno == errno.EEXIST:
                 with self._lock:
                     self._spares.setdefault(str(path.parent), []).append(spare)
-                raise AlreadyExists("a container of that name exists", field="name", value=container.name,
-                                    hint="pick another name, or remove the old one: pycontain rm NAME") from None
+                raise _name_taken(container.name) from None
             _remove_spare(spare)  # gone (its state directory was removed meanwhile?) or unusable
             return False
         try:
@@ -1390,6 +1388,15 @@ class _StateSpares:
             self._spares = {}
         for spare in spares:
             _remove_spare(spare)
+
+
+#: The status a spare's state.json records (no container: readers skip it).
+_SPARE_STATUS = "spare"
+
+
+def _name_taken(name: str) -> AlreadyExists:
+    return AlreadyExists("a container of that name exists", field="name", value=name,
+                         hint="pick another name, or remove the old one: pycontain rm NAME")
 
 
 def _remove_spare(path: str) -> None:
@@ -1892,11 +1899,22 @@ def _iter_states() -> Iterator[dict[str, Any]]:
         if entry.name.startswith("."):
             continue  # a spare (_StateSpares): no container
         try:
-            state = dict(read_json(entry / "state.json"))
+            state = _read_state(entry)
         except (OSError, ValueError):
             continue
-        if state.get("status") != "spare":  # (one being renamed to its new container's name)
+        if state is not None:
             yield _refresh(state)
+
+
+def _read_state(directory: Path) -> dict[str, Any] | None:
+    """The state recorded in a container's directory; None when there is
+    none, or it is a spare's (_StateSpares) being renamed to that name and
+    not yet written. Raises ValueError for a record that does not parse."""
+    try:
+        state = dict(read_json(directory / "state.json"))
+    except FileNotFoundError:
+        return None
+    return None if state.get("status") == _SPARE_STATUS else state
 
 
 def containers(all: bool = True) -> pd.DataFrame:
@@ -2052,11 +2070,8 @@ def get(name: str) -> dict[str, Any]:
         NotFound: no such container.
     """
     validate_name(name)
-    try:
-        state = dict(read_json(containers_dir() / name / "state.json"))
-    except FileNotFoundError:
-        state = {}
-    if "name" not in state:  # none, or a spare directory being renamed to that name (not yet written)
+    state = _read_state(containers_dir() / name)
+    if state is None:
         raise NotFound("no such container", field="name", value=name, hint="pycontain ps -a lists them")
     return _refresh(state)
 

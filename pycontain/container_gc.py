@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pycontain.errors import PycontainError
-from pycontain.statedir import containers_dir, read_json, rootfs_dir, state_dir
+from pycontain.statedir import containers_dir, list_dir, read_json, rootfs_dir, state_dir
 
 #: Parent of every container cgroup, below each hierarchy root. Kept apart
 #: from ``pycontain/`` itself so collection never touches cgroups users made
@@ -113,13 +113,6 @@ def _storage_ns_dir() -> str:
     return os.path.join(state_dir(), "storage")
 
 
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def _is_garbage_state(st: dict[str, Any]) -> bool:
     if alive(st.get("creator_pid")):
         return False
@@ -134,7 +127,7 @@ def _read_states() -> dict[str, tuple[dict[str, Any] | None, bool]]:
     out: dict[str, tuple[dict[str, Any] | None, bool]] = {}
     root = str(containers_dir())
     now = time.time()
-    for name in _listdir(root):
+    for name in list_dir(root):
         path = os.path.join(root, name)
         try:
             # One read: a state being written is young, and skipped below.
@@ -243,7 +236,7 @@ def _prune_networks(released: set[str]) -> None:
     bookkeeping)."""
     from pycontain import network
 
-    if not _listdir(network._state_dir()):
+    if not list_dir(network._state_dir()):
         return
     for rec in network._load_all():
         for endpoint, info in list(rec.get("endpoints", {}).items()):
@@ -290,7 +283,7 @@ def collect(*, dry_run: bool = False) -> GcReport:
     # 2. network namespace files (bind mounts in this mount namespace).
     netns_dir = _netns_dir()
     released: set[str] = set()
-    for entry in sorted(_listdir(netns_dir)):
+    for entry in sorted(list_dir(netns_dir)):
         owner = entry.rpartition("-")[0]
         known = states.get(owner)
         if known is None or known[1]:
@@ -300,14 +293,14 @@ def collect(*, dry_run: bool = False) -> GcReport:
             released.add(os.path.join(netns_dir, entry))
     # 3. mount namespaces of size-limited writable layers (named by key).
     storage_ns = _storage_ns_dir()
-    for key in sorted(_listdir(storage_ns)):
+    for key in sorted(list_dir(storage_ns)):
         if _key_is_garbage(key, states):
             from pycontain.kernel import nsfs
 
             attempt("rootfs", f"{key} (size-limited)", nsfs.unbind_namespace, os.path.join(storage_ns, key))
     # 4. writable layers of this store.
     layers = str(rootfs_dir())
-    for key in sorted(_listdir(layers)):
+    for key in sorted(list_dir(layers)):
         if _key_is_garbage(key, states):
             attempt("rootfs", key, _remove_rootfs, os.path.join(layers, key))
     # 5. the state directories themselves.

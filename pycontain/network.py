@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycontain.backends import netlink
 from pycontain.errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from pycontain.statedir import list_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
@@ -269,10 +270,7 @@ def _load(name: str) -> dict[str, Any] | None:
 
 def _load_all() -> list[dict[str, Any]]:
     out = []
-    try:
-        names = sorted(os.listdir(_state_dir()))
-    except FileNotFoundError:
-        return []
+    names = sorted(list_dir(_state_dir()))
     for fn in names:
         if fn.endswith(".json"):
             rec = _load(fn[: -len(".json")])

@@ -60,6 +60,15 @@ def rootfs_dir(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(store if store is not None else store_dir()) / "rootfs"
 
 
+def list_dir(path: str | os.PathLike[str]) -> list[str]:
+    """The names in the directory ``path``; none when it does not exist (or
+    is no directory): state and store directories are made on first use."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def validate_name(name: object, field: str = "name") -> str:
     """Check a user-given name (container, network, cgroup, tag component).
 

@@ -42,7 +42,6 @@ records why it failed (:func:`probe_drivers`, shown by ``doctor()``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -55,7 +54,7 @@ from typing import IO, Any, Protocol
 from pycontain.backends.storage_store import LayerRecord, Store
 from pycontain.errors import InvalidArgument, NotFound, Unsupported
 from pycontain.kernel import fs as kfs
-from pycontain.statedir import create_json, rootfs_dir, write_json
+from pycontain.statedir import create_json, list_dir, read_json, rootfs_dir, write_json
 
 PLAN_FILE = "rootfs.json"
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -109,8 +108,7 @@ class RootfsPlan:
 
 def load_plan(container_dir: str) -> RootfsPlan:
     try:
-        with open(os.path.join(container_dir, PLAN_FILE)) as f:
-            d = json.load(f)
+        d = read_json(Path(container_dir, PLAN_FILE), attempts=1)
     except (FileNotFoundError, ValueError):  # (ValueError: being written, see RootfsPlan.save)
         raise NotFound("no rootfs prepared in this directory", path=container_dir, op="load_plan") from None
     d["mounts"] = [MountStep(**m) for m in d["mounts"]]
@@ -288,39 +286,29 @@ def unregister(st: Store, owner: str) -> None:
 def _registered(st: Store) -> dict[str, dict[str, Any]]:
     """owner -> what its plan says (container_dir, image, layers, driver), for
     the prepared rootfs still present."""
-    def read(path: str) -> Any:
-        with open(path) as f:
-            return json.load(f)
-
+    # (One read each: a plan being written is not prepared yet, and skipped.)
     out = {}
     own = _own_rootfs_dir(st)
-    for name in _listdir(own):
+    for name in list_dir(own):
         with contextlib.suppress(OSError, ValueError):
-            d = read(os.path.join(own, name, PLAN_FILE))
+            d = read_json(Path(own, name, PLAN_FILE), attempts=1)
             if isinstance(d, dict):
                 d["container_dir"] = os.path.join(own, name)
                 out[str(d.get("owner") or name)] = d
     reg = _registry(st)
-    for name in _listdir(reg):
+    for name in list_dir(reg):
         try:
             if name.endswith(".json"):
-                d, owner = read(os.path.join(reg, name)), name[:-5]
+                d, owner = read_json(Path(reg, name), attempts=1), name[:-5]
             else:
                 container_dir = os.path.normpath(os.path.join(reg, os.readlink(os.path.join(reg, name))))
-                d, owner = read(os.path.join(container_dir, PLAN_FILE)), name
+                d, owner = read_json(Path(container_dir, PLAN_FILE), attempts=1), name
                 d["container_dir"] = container_dir
         except (OSError, ValueError):
             continue
         if isinstance(d, dict) and os.path.exists(os.path.join(d.get("container_dir", "/nonexistent"), PLAN_FILE)):
             out[owner] = d
     return out
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
 
 
 def containers_using(st: Store, image_digest: str) -> list[str]:

@@ -117,9 +117,10 @@ class OverlayDriver:
     def cleanup(self, plan: sd.RootfsPlan) -> None:
         sd.unregister(self.store, plan.owner)
         # What prepare() made, and overlayfs' own work/work; an upper dir with
-        # files in it sends remove_dir to a full walk.
+        # files in it (or a directory of an older pycontain, with merged/)
+        # sends remove_dir to a full walk.
         # (A volatile mount leaves the file work/work/incompat/volatile/dirty.)
-        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "merged/", "work/work/incompat/volatile/dirty",
+        sd.remove_dir(plan.container_dir, (sd.PLAN_FILE, "work/work/incompat/volatile/dirty",
                                            "work/work/incompat/volatile/", "work/work/incompat/", "work/work/",
                                            "work/", "upper/", "empty/", "host-empty/", "host/"))
 

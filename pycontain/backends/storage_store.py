@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from pycontain.errors import InvalidArchive, NotFound
+from pycontain.statedir import list_dir
 
 if TYPE_CHECKING:
     from pycontain.backends import tarsafe
@@ -180,10 +181,7 @@ class Store:
 
     def layers(self) -> list[LayerRecord]:
         out = []
-        try:
-            names = sorted(os.listdir(self.layers_dir))
-        except FileNotFoundError:
-            return []
+        names = sorted(list_dir(self.layers_dir))
         for name in names:
             if _HEX.match(name) and os.path.exists(os.path.join(self.layers_dir, name, "layer.json")):
                 out.append(self.layer("sha256:" + name))
@@ -348,10 +346,7 @@ class Store:
 
     def images(self) -> list[ImageRecord]:
         out = []
-        try:
-            names = sorted(os.listdir(os.path.join(self.root, "images")))
-        except FileNotFoundError:
-            return []
+        names = sorted(list_dir(os.path.join(self.root, "images")))
         for name in names:
             if name.endswith(".json") and _HEX.match(name[:-5]):
                 rec = self._read_image("sha256:" + name[:-5])

@@ -803,11 +803,7 @@ class Server:
         """The builder ended: the client is ready, or there is none."""
         if self.builder is None:
             return
-        pid, pidfd = self.builder
-        self.builder = None
-        sel.unregister(pidfd)
-        self.fds.discard(pidfd)
-        os.close(pidfd)
+        pid = self._forget_builder(sel)
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
@@ -815,14 +811,26 @@ class Server:
         ok = status == 0 and install_client(os.path.dirname(self.path), self.build_id)
         self.client = "ready" if ok else "none (the build failed)"
 
+    def _forget_builder(self, sel: Any) -> int:
+        """Let go of the builder's pidfd (and its place in ``sel``, if one);
+        its pid, for the caller to reap (a pidfd closed before the wait is
+        fine: the pid stays ours until it is reaped)."""
+        assert self.builder is not None
+        pid, pidfd = self.builder
+        self.builder = None
+        if sel is not None:
+            sel.unregister(pidfd)
+        self.fds.discard(pidfd)
+        os.close(pidfd)
+        return pid
+
     def stop_build(self) -> None:
         """Kill an unfinished build (its whole process group) and reap it."""
         import signal
 
         if self.builder is None:
             return
-        pid, pidfd = self.builder
-        self.builder = None
+        pid = self._forget_builder(None)
         for kill in (os.killpg, os.kill):
             try:
                 kill(pid, signal.SIGKILL)
@@ -832,8 +840,6 @@ class Server:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        self.fds.discard(pidfd)
-        os.close(pidfd)
         # what it had half written
         built = f"{os.path.dirname(self.path)}/{CLIENT_NAME}-{self.build_id}"
         for tmp in (f"{built}.{pid}.tmp", f"{os.path.dirname(self.path)}/{CLIENT_NAME}.{pid}.tmp"):

@@ -751,6 +751,7 @@ def image_records(*, store: Store | str | None = None) -> list[dict[str, Any]]:
     rows.sort(key=lambda r: r["created"], reverse=True)
     return rows
 
+
 def disk_usage(*, store: Store | str | None = None) -> pd.DataFrame:
     """Disk use per stored layer: ``digest``, ``size`` (tar bytes), ``disk_bytes``
     (unpacked + tar, on disk), ``images`` (how many use it), ``shared`` (>1) and ``tags``.
